@@ -1,0 +1,12 @@
+/* app/commands.h: the subcommands of the vlmtrain program. Each takes the
+ * arguments after its name and returns 0 on success, -1 on error (already
+ * reported); main() turns that into the exit status. */
+#ifndef VLM_APP_COMMANDS_H
+#define VLM_APP_COMMANDS_H
+
+int cmd_params(int argc, char **argv);
+int cmd_init(int argc, char **argv);
+int cmd_mkdata(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+
+#endif

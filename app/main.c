@@ -1,0 +1,2 @@
+/* app/main.c: placeholder */
+int main(void) { return 0; }

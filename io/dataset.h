@@ -1,0 +1,50 @@
+/* io/dataset.h: the vlmtrain dataset, format v1 (HDF5; docs/formats.md).
+ *   /samples/tokens        int32 [n_tokens]      all samples' token ids, concatenated
+ *   /samples/labels        int32 [n_tokens]      aligned with tokens; -100 ignored (HF: the loss shifts)
+ *   /samples/offsets       int64 [n_samples+1]
+ *   /samples/image_offsets int64 [n_samples+1]   sample i owns images image_offsets[i] ..< [i+1]
+ *   /images/pixels         uint8 [n_images, S, S, 3]  RGB, already resized to image_size S
+ *   root attributes: format = "vlmtrain-dataset", version = 1, image_size = S
+ * Reading validates against the model config and names the file, sample and
+ * position of anything wrong. */
+#ifndef VLM_IO_DATASET_H
+#define VLM_IO_DATASET_H
+
+#include <stdint.h>
+#include "io/config.h"
+
+typedef struct {
+  char path[1024];
+  long long file;  /* hid_t */
+  long n_samples, n_tokens, n_images;
+  int image_size;
+  int64_t *offsets;       /* n_samples + 1 (held in memory) */
+  int64_t *image_offsets; /* n_samples + 1 */
+  long max_len;           /* longest sample (tokens) */
+  long max_images;        /* most images in one sample */
+  const monkey_config *cfg;
+} dataset;
+
+/* Opens, checks format/version/image_size/shapes/offsets against the config. */
+int dataset_open(dataset *d, const char *path, const monkey_config *c);
+void dataset_close(dataset *d);
+/* Reads sample i: tokens[len], labels[len], pixels[n_img * S*S*3]; checks token
+ * ids < vocab, labels in vocab or -100, <img> count == n_img and each <img>
+ * followed by exactly img_slots slots and </img>. Buffers must hold max_len and
+ * max_images. */
+int dataset_read_sample(dataset *d, long i, int32_t *tokens, int32_t *labels, int *len,
+                        uint8_t *pixels, int *n_img);
+
+/* Writes a whole dataset (serial; PATH.tmp then rename). */
+int dataset_write(const char *path, int image_size, long n_samples, const int64_t *offsets,
+                  const int32_t *tokens, const int32_t *labels, const int64_t *image_offsets,
+                  long n_images, const uint8_t *pixels);
+
+/* Generates the learnable synthetic image-question-answer dataset (see
+ * docs/formats.md, "synthetic"): each image shows one of K colour classes with
+ * noise; the question is filler text; the answer is the class token and
+ * <|endoftext|>. Written with dataset_write. */
+int dataset_make_synthetic(const char *path, const monkey_config *c, long n_samples,
+                           unsigned long seed);
+
+#endif
