@@ -1,2 +1,57 @@
-/* app/main.c: placeholder */
-int main(void) { return 0; }
+/* app/main.c: the vlmtrain program: starts MPI, dispatches to a subcommand,
+ * and turns its result into the exit status (0 success, 1 error, 2 usage). */
+#include <mpi.h>
+#include <omp.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "app/commands.h"
+#include "common/vlm.h"
+
+typedef struct {
+  const char *name;
+  int (*run)(int, char **);
+  const char *help;
+} command;
+
+static const command COMMANDS[] = {
+    {"params", cmd_params, "print the parameter registry summary of a model config"},
+    {"init", cmd_init, "write a randomly initialised model directory (config.json + model.safetensors)"},
+    {"mkdata", cmd_mkdata, "write a dataset in vlmtrain's HDF5 format (--synthetic: a learnable toy task)"},
+    {"train", cmd_train, "train a model on a dataset; writes RUNDIR/metrics.jsonl and RUNDIR/final/"},
+};
+static const int N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: vlmtrain COMMAND [OPTIONS]\n\ncommands:\n");
+  for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+  fprintf(f, "\n'vlmtrain COMMAND --help' lists a command's options with their defaults.\n"
+             "Run under MPI with mpirun or srun --mpi=pmix; without either it runs as one process.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  const command *cmd = NULL;
+  for (int i = 0; i < N_COMMANDS; i++)
+    if (strcmp(argv[1], COMMANDS[i].name) == 0) cmd = &COMMANDS[i];
+  if (!cmd) {
+    fprintf(stderr, "vlmtrain: error: unknown command \"%s\"\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+  }
+  int provided = 0, rank = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  vlm_set_rank(rank);
+  omp_set_max_active_levels(1); /* kernels called inside a parallel region run single-threaded */
+  int rc = cmd->run(argc - 2, argv + 2);
+  MPI_Finalize();
+  return rc == 0 ? 0 : 1;
+}

@@ -43,4 +43,12 @@ int monkey_config_parse(monkey_config *c, const char *json_text, const char *wha
 /* Writes a config.json holding every key (optional visual keys included). */
 int monkey_config_write(const monkey_config *c, const char *path);
 
+/* Added by io: reads a whole (small, text) file into a NUL-terminated buffer
+ * from malloc (free() it); *len gets its length (may be NULL). Errors name the
+ * file. Used for config files and for copying config.json into a model dir. */
+int config_read_file(const char *path, char **text, long *len);
+/* Added by io: writes buf[n] to PATH.tmp, fsyncs, renames it to PATH and
+ * fsyncs the directory: PATH is never left half-written. */
+int config_write_file(const char *path, const char *buf, long n);
+
 #endif

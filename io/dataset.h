@@ -47,4 +47,17 @@ int dataset_write(const char *path, int image_size, long n_samples, const int64_
 int dataset_make_synthetic(const char *path, const monkey_config *c, long n_samples,
                            unsigned long seed);
 
+/* Options of the synthetic dataset (added with dataset_make_synthetic_ex). */
+typedef struct {
+  int filler_min, filler_max; /* filler tokens per question, drawn in [min, max] (4, 12) */
+  int multi_image_every;      /* every N-th sample (i % N == N-1) has 2 images; 0 = never (0) */
+} synth_options;
+
+/* The defaults above; dataset_make_synthetic(...) == _ex(..., defaults). */
+void synth_options_default(synth_options *o);
+/* Same as dataset_make_synthetic with options. Fails, before writing anything, when
+ * the longest possible sample would exceed c->seq_length. */
+int dataset_make_synthetic_ex(const char *path, const monkey_config *c, long n_samples,
+                              unsigned long seed, const synth_options *o);
+
 #endif

@@ -15,6 +15,9 @@ typedef struct {
 int data_order_init(data_order *o, long n_samples, int shuffle, unsigned long seed);
 /* The next n sample indices (wrapping to a new epoch as needed) into idx[n]. */
 void data_order_next(data_order *o, long *idx, int n);
+/* Moves to position (epoch, cursor), 0 <= cursor <= n_samples, rebuilding that
+ * epoch's permutation: how a run resumes (added). */
+int data_order_seek(data_order *o, long epoch, long cursor);
 void data_order_free(data_order *o);
 
 #endif

@@ -11,7 +11,9 @@
  *    gradient computed);
  *  - kernels never allocate: scratch space is passed in, sized by the
  *    *_scratch_floats() helpers, and allocated once by the caller at set-up;
- *  - kernels never fail; shapes are validated where data enters the program.
+ *  - kernels never fail; shapes are validated where data enters the program;
+ *  - no parameter is called `I`: OpenBLAS's cblas.h includes complex.h, whose
+ *    macro I breaks such a declaration (we use K for inner dimensions).
  * OpenMP parallelises inside each kernel; a kernel called from inside an
  * OpenMP parallel region runs single-threaded (OpenBLAS's OpenMP build does). */
 #ifndef VLM_KERNELS_H
@@ -21,18 +23,18 @@
 
 /* ---- dense layers ------------------------------------------------------ */
 
-/* out[N,O] = in[N,I] @ W[O,I]^T + b[O]   (b may be NULL) */
-void linear_forward(float *out, const float *in, const float *W, const float *b, int N, int I, int O);
-/* din[N,I] += dout[N,O] @ W[O,I];  dW[O,I] += dout^T @ in;  db[O] += sum_n dout[n,:]
+/* out[N,O] = in[N,K] @ W[O,K]^T + b[O]   (b may be NULL) */
+void linear_forward(float *out, const float *in, const float *W, const float *b, int N, int K, int O);
+/* din[N,K] += dout[N,O] @ W[O,K];  dW[O,K] += dout^T @ in;  db[O] += sum_n dout[n,:]
  * (each of din, dW, db may be NULL) */
 void linear_backward(float *din, float *dW, float *db, const float *dout, const float *in,
-                     const float *W, int N, int I, int O);
+                     const float *W, int N, int K, int O);
 
-/* out[N,O] = in[N,I] @ P[I,O]   (a plain matrix applied from the right, e.g. visual.proj) */
-void matmul_forward(float *out, const float *in, const float *P, int N, int I, int O);
-/* din[N,I] += dout[N,O] @ P^T;  dP[I,O] += in^T @ dout   (either may be NULL) */
+/* out[N,O] = in[N,K] @ P[K,O]   (a plain matrix applied from the right, e.g. visual.proj) */
+void matmul_forward(float *out, const float *in, const float *P, int N, int K, int O);
+/* din[N,K] += dout[N,O] @ P^T;  dP[K,O] += in^T @ dout   (either may be NULL) */
 void matmul_backward(float *din, float *dP, const float *dout, const float *in, const float *P,
-                     int N, int I, int O);
+                     int N, int K, int O);
 
 /* ---- normalisation ----------------------------------------------------- */
 
@@ -151,5 +153,16 @@ void scale_inplace(float *x, long n, float s);
  * `step`: step/warmup during warmup, then 0.5*(1+cos(pi*2*num_cycles*progress)),
  * never below 0. */
 double lr_cosine_with_warmup(long step, long warmup, long total, double num_cycles);
+
+/* ---- LoRA adapter (Monkey: y += scale * lora_b(lora_a(x)), no alpha/r) ---- */
+
+/* y[N,O] += scale[0] * (x[N,K] @ A[r,K]^T) @ B[O,r]^T; saves t[N,r] = x @ A^T */
+void lora_forward(float *y, float *t, const float *x, const float *A, const float *B,
+                  const float *scale, int N, int K, int O, int r);
+/* dx[N,K] +=, dA[r,K] +=, dB[O,r] +=, dscale[0] += (any may be NULL);
+ * scratch holds N*r floats. */
+void lora_backward(float *dx, float *dA, float *dB, float *dscale, const float *dy, const float *x,
+                   const float *t, const float *A, const float *B, const float *scale, int N, int K,
+                   int O, int r, float *scratch);
 
 #endif

@@ -1,0 +1,466 @@
+/* modules/model.c: set-up of the Monkey model (parameter pointers resolved by
+ * name, every activation buffer sized once) and one micro-batch's forward and
+ * backward: ViT views -> resampler -> features spliced into the token
+ * embeddings -> LLM -> shifted cross-entropy on the target positions only ->
+ * backward in reverse, with optional per-block recomputation. */
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/vlm.h"
+#include "modules/model_internal.h"
+
+/* ---- set-up ------------------------------------------------------------ */
+
+static int resolve(const model *m, wp *out, int optional, const char *fmt, ...) {
+  char name[REG_NAME_LEN];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  int i = registry_find(m->reg, name);
+  if (i < 0) {
+    out->w = NULL;
+    out->g = NULL;
+    if (optional) return 0;
+    VLM_FAIL("model: parameter \"%s\" is not in the registry", name);
+  }
+  out->w = registry_param(m->reg, i);
+  out->g = registry_grad(m->reg, i);
+  return 0;
+}
+
+static int resolve_all(model *m) {
+  const visual_config *v = &m->cfg->visual;
+  const char *vit = "transformer.visual";
+  VLM_CHECK(resolve(m, &m->conv1, 0, "%s.conv1.weight", vit));
+  VLM_CHECK(resolve(m, &m->pos, 0, "%s.positional_embedding", vit));
+  VLM_CHECK(resolve(m, &m->ln_pre_w, 0, "%s.ln_pre.weight", vit));
+  VLM_CHECK(resolve(m, &m->ln_pre_b, 0, "%s.ln_pre.bias", vit));
+  m->vit_lowest = v->layers;
+  if (m->conv1.g || m->pos.g || m->ln_pre_w.g || m->ln_pre_b.g) m->vit_lowest = -1;
+  for (int L = 0; L < v->layers; L++) {
+    vit_block_w *b = &m->vb[L];
+    char p[96];
+    snprintf(p, sizeof p, "%s.transformer.resblocks.%d", vit, L);
+    VLM_CHECK(resolve(m, &b->ln1_w, 0, "%s.ln_1.weight", p));
+    VLM_CHECK(resolve(m, &b->ln1_b, 0, "%s.ln_1.bias", p));
+    VLM_CHECK(resolve(m, &b->in_w, 0, "%s.attn.in_proj.weight", p));
+    VLM_CHECK(resolve(m, &b->in_b, 0, "%s.attn.in_proj.bias", p));
+    VLM_CHECK(resolve(m, &b->out_w, 0, "%s.attn.out_proj.weight", p));
+    VLM_CHECK(resolve(m, &b->out_b, 0, "%s.attn.out_proj.bias", p));
+    VLM_CHECK(resolve(m, &b->ln2_w, 0, "%s.ln_2.weight", p));
+    VLM_CHECK(resolve(m, &b->ln2_b, 0, "%s.ln_2.bias", p));
+    VLM_CHECK(resolve(m, &b->fc_w, 0, "%s.mlp.c_fc.weight", p));
+    VLM_CHECK(resolve(m, &b->fc_b, 0, "%s.mlp.c_fc.bias", p));
+    VLM_CHECK(resolve(m, &b->proj_w, 0, "%s.mlp.c_proj.weight", p));
+    VLM_CHECK(resolve(m, &b->proj_b, 0, "%s.mlp.c_proj.bias", p));
+    for (int k = 0; k < v->lora_repeat_num; k++) {
+      VLM_CHECK(resolve(m, &b->lora_in_a[k], 0, "%s.attn.in_proj_lora.%d.lora_a.weight", p, k));
+      VLM_CHECK(resolve(m, &b->lora_in_b[k], 0, "%s.attn.in_proj_lora.%d.lora_b.weight", p, k));
+      VLM_CHECK(resolve(m, &b->lora_in_s[k], 0, "%s.attn.in_proj_lora.%d.lora_scale", p, k));
+      VLM_CHECK(resolve(m, &b->lora_out_a[k], 0, "%s.attn.out_proj_lora.%d.lora_a.weight", p, k));
+      VLM_CHECK(resolve(m, &b->lora_out_b[k], 0, "%s.attn.out_proj_lora.%d.lora_b.weight", p, k));
+      VLM_CHECK(resolve(m, &b->lora_out_s[k], 0, "%s.attn.out_proj_lora.%d.lora_scale", p, k));
+      VLM_CHECK(resolve(m, &b->lora_mlp_a[k], 0, "%s.mlp_lora.%d.lora_a.weight", p, k));
+      VLM_CHECK(resolve(m, &b->lora_mlp_b[k], 0, "%s.mlp_lora.%d.lora_b.weight", p, k));
+      VLM_CHECK(resolve(m, &b->lora_mlp_s[k], 0, "%s.mlp_lora.%d.lora_scale", p, k));
+    }
+    const module_info *mod = &m->reg->modules[1 + L]; /* module 0 is the ViT stem */
+    for (int i = mod->first; i < mod->first + mod->count; i++)
+      if (m->reg->p[i].trainable) b->needs_grad = 1;
+    if (b->needs_grad && m->vit_lowest > L) m->vit_lowest = L;
+  }
+  const char *ap = "transformer.visual.attn_pool";
+  VLM_CHECK(resolve(m, &m->rq, 0, "%s.query", ap));
+  VLM_CHECK(resolve(m, &m->rpos, 0, "%s.pos_embed", ap));
+  VLM_CHECK(resolve(m, &m->kv_proj, 1, "%s.kv_proj.weight", ap));
+  VLM_CHECK(resolve(m, &m->r_in_w, 0, "%s.attn.in_proj_weight", ap));
+  VLM_CHECK(resolve(m, &m->r_in_b, 0, "%s.attn.in_proj_bias", ap));
+  VLM_CHECK(resolve(m, &m->r_out_w, 0, "%s.attn.out_proj.weight", ap));
+  VLM_CHECK(resolve(m, &m->r_out_b, 0, "%s.attn.out_proj.bias", ap));
+  VLM_CHECK(resolve(m, &m->ln_q_w, 0, "%s.ln_q.weight", ap));
+  VLM_CHECK(resolve(m, &m->ln_q_b, 0, "%s.ln_q.bias", ap));
+  VLM_CHECK(resolve(m, &m->ln_kv_w, 0, "%s.ln_kv.weight", ap));
+  VLM_CHECK(resolve(m, &m->ln_kv_b, 0, "%s.ln_kv.bias", ap));
+  VLM_CHECK(resolve(m, &m->ln_post_w, 0, "%s.ln_post.weight", vit));
+  VLM_CHECK(resolve(m, &m->ln_post_b, 0, "%s.ln_post.bias", vit));
+  VLM_CHECK(resolve(m, &m->proj, 0, "%s.proj", vit));
+  m->vit_needs_grad = m->vit_lowest < v->layers;
+  const wp *vis[] = {&m->rq, &m->rpos, &m->kv_proj, &m->r_in_w, &m->r_in_b, &m->r_out_w,
+                     &m->r_out_b, &m->ln_q_w, &m->ln_q_b, &m->ln_kv_w, &m->ln_kv_b,
+                     &m->ln_post_w, &m->ln_post_b, &m->proj};
+  for (size_t i = 0; i < sizeof vis / sizeof vis[0]; i++)
+    if (vis[i]->g) m->vit_needs_grad = 1;
+
+  VLM_CHECK(resolve(m, &m->wte, 0, "transformer.wte.weight"));
+  for (int L = 0; L < m->cfg->num_hidden_layers; L++) {
+    llm_block_w *b = &m->lb[L];
+    VLM_CHECK(resolve(m, &b->ln1, 0, "transformer.h.%d.ln_1.weight", L));
+    VLM_CHECK(resolve(m, &b->c_attn_w, 0, "transformer.h.%d.attn.c_attn.weight", L));
+    VLM_CHECK(resolve(m, &b->c_attn_b, 0, "transformer.h.%d.attn.c_attn.bias", L));
+    VLM_CHECK(resolve(m, &b->c_proj, 0, "transformer.h.%d.attn.c_proj.weight", L));
+    VLM_CHECK(resolve(m, &b->ln2, 0, "transformer.h.%d.ln_2.weight", L));
+    VLM_CHECK(resolve(m, &b->w1, 0, "transformer.h.%d.mlp.w1.weight", L));
+    VLM_CHECK(resolve(m, &b->w2, 0, "transformer.h.%d.mlp.w2.weight", L));
+    VLM_CHECK(resolve(m, &b->mlp_proj, 0, "transformer.h.%d.mlp.c_proj.weight", L));
+  }
+  VLM_CHECK(resolve(m, &m->ln_f, 0, "transformer.ln_f.weight"));
+  VLM_CHECK(resolve(m, &m->lm_head, 0, "lm_head.weight"));
+  return 0;
+}
+
+/* All buffers come from one bump allocator over a single allocation, so the
+ * set-up either fully succeeds or fails once, and freeing is one call. */
+typedef struct {
+  char *base;
+  size_t used, cap;
+} arena;
+
+static void *take(arena *a, size_t bytes) {
+  size_t r = (bytes + 63) / 64 * 64;
+  if (r == 0) r = 64;
+  void *p = a->base ? a->base + a->used : NULL;
+  a->used += r;
+  return p;
+}
+#define TAKEF(a, n) ((float *)take((a), (size_t)(n) * sizeof(float)))
+#define TAKEI(a, n) ((int *)take((a), (size_t)(n) * sizeof(int)))
+
+static size_t lmax(size_t a, size_t b) { return a > b ? a : b; }
+
+static void carve(model *m, arena *a) {
+  const monkey_config *c = m->cfg;
+  const visual_config *v = &c->visual;
+  const size_t S = v->image_size, w = v->window_size, p = v->patch_size, W = v->width;
+  const size_t E = v->output_dim, F = v->mlp_width, nq = v->n_queries, NP = v->n_patches;
+  const size_t nv = v->n_windows + 1, NI = m->max_images, G = v->grid, qg = v->query_grid;
+  const size_t N = NI * nv * NP, NQ = NI * nv * nq, hv = v->heads, hr = v->resampler_heads;
+  const size_t T = m->max_tokens, H = c->hidden_size, FF = c->ffn, V = c->vocab_size;
+  const size_t nh = c->num_attention_heads, nthr = m->nthreads;
+  const int nva = m->recompute_vit ? 1 : v->layers, nla = m->recompute_llm ? 1 : c->num_hidden_layers;
+
+  m->img = TAKEF(a, NI * S * S * 3);
+  m->glob = TAKEF(a, NI * w * w * 3);
+  m->resize_tmp = TAKEF(a, lmax(lmax(w * S * 3, G * 16 * W), G * qg * E));
+  m->cols = TAKEF(a, N * 3 * p * p);
+  m->pe = TAKEF(a, NP * W);
+  m->x0 = TAKEF(a, N * W);
+  m->pre_mean = TAKEF(a, N);
+  m->pre_rstd = TAKEF(a, N);
+  for (int L = 0; L <= v->layers; L++) m->vit_in[L] = TAKEF(a, N * W);
+  for (int L = 0; L < nva; L++) {
+    vit_acts *A = &m->va[L];
+    A->a = TAKEF(a, N * W);
+    A->mean1 = TAKEF(a, N);
+    A->rstd1 = TAKEF(a, N);
+    A->qkv = TAKEF(a, N * 3 * W);
+    A->t_in = TAKEF(a, N * v->lora_rank);
+    A->ctx = TAKEF(a, N * W);
+    A->lse = TAKEF(a, N * hv);
+    A->t_out = TAKEF(a, N * v->lora_rank);
+    A->x1 = TAKEF(a, N * W);
+    A->c = TAKEF(a, N * W);
+    A->mean2 = TAKEF(a, N);
+    A->rstd2 = TAKEF(a, N);
+    A->f = TAKEF(a, N * F);
+    A->g = TAKEF(a, N * F);
+    A->t_mlp = TAKEF(a, N * v->lora_mlp_rank);
+  }
+  m->kv = TAKEF(a, N * E);
+  m->kv_mean = TAKEF(a, N);
+  m->kv_rstd = TAKEF(a, N);
+  m->kvn = TAKEF(a, N * E);
+  m->pe_k = TAKEF(a, NP * E);
+  m->keys = TAKEF(a, N * E);
+  m->qn = TAKEF(a, nq * E);
+  m->q_mean = TAKEF(a, nq);
+  m->q_rstd = TAKEF(a, nq);
+  m->q_in = TAKEF(a, nq * E);
+  m->Q = TAKEF(a, nq * E);
+  m->K = TAKEF(a, N * E);
+  m->V = TAKEF(a, N * E);
+  m->r_ctx = TAKEF(a, NQ * E);
+  m->r_lse = TAKEF(a, NQ * hr);
+  m->r_o = TAKEF(a, NQ * E);
+  m->post_mean = TAKEF(a, NQ);
+  m->post_rstd = TAKEF(a, NQ);
+  m->z = TAKEF(a, NQ * E);
+  m->feat = TAKEF(a, NQ * E);
+
+  m->pos_ids = TAKEI(a, T);
+  m->seq_start = TAKEI(a, m->max_samples + 1);
+  for (int L = 0; L <= c->num_hidden_layers; L++) m->llm_in[L] = TAKEF(a, T * H);
+  for (int L = 0; L < nla; L++) {
+    llm_acts *A = &m->la[L];
+    A->a = TAKEF(a, T * H);
+    A->rstd1 = TAKEF(a, T);
+    A->qkv = TAKEF(a, T * 3 * H);
+    A->ctx = TAKEF(a, T * H);
+    A->lse = TAKEF(a, T * nh);
+    A->x1 = TAKEF(a, T * H);
+    A->c = TAKEF(a, T * H);
+    A->rstd2 = TAKEF(a, T);
+    A->u1 = TAKEF(a, T * FF);
+    A->u2 = TAKEF(a, T * FF);
+    A->s = TAKEF(a, T * FF);
+  }
+  m->xf = TAKEF(a, T * H);
+  m->f_rstd = TAKEF(a, T);
+  m->sel_rows = TAKEI(a, T);
+  m->sel_tgt = TAKEI(a, T);
+  m->slot_row = TAKEI(a, T);
+  m->hsel = TAKEF(a, T * H);
+  m->dhsel = TAKEF(a, T * H);
+  m->logit_rows = (int)(T < 128 ? T : 128);
+  m->logits = TAKEF(a, (size_t)m->logit_rows * V);
+
+  const size_t res = lmax(T * H, N * W);
+  m->d_res = TAKEF(a, res);
+  m->d_next = TAKEF(a, res);
+  m->d_res2 = TAKEF(a, res);
+  m->d_small = TAKEF(a, res);
+  m->d_qkv = TAKEF(a, lmax(3 * res, NP * W));
+  m->d_big = TAKEF(a, lmax(3 * T * FF, 2 * N * F));
+  m->lora_rmax = v->lora_rank > v->lora_mlp_rank ? v->lora_rank : v->lora_mlp_rank;
+  m->lora_scratch = TAKEF(a, nthr * NP * m->lora_rmax);
+  attn_shape sv = {.Tq = (int)NP, .Tk = (int)NP, .H = (int)hv, .D = v->head_dim};
+  attn_shape sr = {.Tq = (int)nq, .Tk = (int)NP, .H = (int)hr, .D = (int)(E / hr)};
+  attn_shape sl = {.Tq = (int)T, .Tk = (int)T, .H = (int)nh, .D = c->head_dim, .causal = 1};
+  m->attn_scratch_per_thread = lmax(lmax(attention_scratch_floats(&sv, (int)nthr),
+                                         attention_scratch_floats(&sr, (int)nthr)),
+                                    attention_scratch_floats(&sl, (int)nthr));
+  m->attn_scratch = TAKEF(a, nthr * m->attn_scratch_per_thread);
+  m->d_feat = TAKEF(a, NQ * E);
+  m->d_z = TAKEF(a, NQ * E);
+  m->d_o = TAKEF(a, NQ * E);
+  m->d_rctx = TAKEF(a, NQ * E);
+  m->dQ = TAKEF(a, NQ * E);
+  m->dK = TAKEF(a, N * E);
+  m->dV = TAKEF(a, N * E);
+  m->d_qin = TAKEF(a, nq * E);
+  m->d_keys = TAKEF(a, N * E);
+  m->d_kvn = TAKEF(a, N * E);
+  m->d_kv = TAKEF(a, N * E);
+  m->d_pe_k = TAKEF(a, NP * E);
+  m->d_vit = TAKEF(a, N * W);
+}
+
+static void *g_arena_base; /* one model per process */
+
+int model_create(model *m, const monkey_config *c, registry *r, int max_samples, int max_tokens,
+                 int max_images, int recompute_vit, int recompute_llm) {
+  memset(m, 0, sizeof *m);
+  m->cfg = c;
+  m->reg = r;
+  m->max_samples = max_samples < 1 ? 1 : max_samples;
+  m->max_tokens = max_tokens < 2 ? 2 : max_tokens;
+  m->max_images = max_images < 1 ? 1 : max_images;
+  m->recompute_vit = recompute_vit;
+  m->recompute_llm = recompute_llm;
+  m->nthreads = omp_get_max_threads();
+  if (c->visual.lora_repeat_num > 16) VLM_FAIL("model: lora_repeat_num %d > 16 is not supported", c->visual.lora_repeat_num);
+  if (c->visual.output_dim != c->hidden_size)
+    VLM_FAIL("model config: visual.output_dim (%d) must equal hidden_size (%d): the image "
+             "features replace token embeddings", c->visual.output_dim, c->hidden_size);
+  m->vb = calloc((size_t)c->visual.layers, sizeof *m->vb);
+  m->lb = calloc((size_t)c->num_hidden_layers, sizeof *m->lb);
+  m->vit_in = calloc((size_t)c->visual.layers + 1, sizeof *m->vit_in);
+  m->llm_in = calloc((size_t)c->num_hidden_layers + 1, sizeof *m->llm_in);
+  m->va = calloc((size_t)c->visual.layers, sizeof *m->va);
+  m->la = calloc((size_t)c->num_hidden_layers, sizeof *m->la);
+  if (!m->vb || !m->lb || !m->vit_in || !m->llm_in || !m->va || !m->la) {
+    model_free(m);
+    VLM_FAIL("model: out of memory");
+  }
+  VLM_CHECK(resolve_all(m));
+  arena a = {0};
+  carve(m, &a); /* sizing pass */
+  a.cap = a.used;
+  a.used = 0;
+  a.base = vlm_alloc(a.cap, "activations");
+  if (!a.base) {
+    model_free(m);
+    VLM_FAIL("model: cannot allocate %.2f GiB of activation buffers (micro-batch of %d samples, "
+             "%d tokens, %d images)", a.cap / 1073741824.0, max_samples, max_tokens, max_images);
+  }
+  carve(m, &a);
+  g_arena_base = a.base;
+  return 0;
+}
+
+void model_free(model *m) {
+  vlm_free(g_arena_base);
+  g_arena_base = NULL;
+  free(m->vb);
+  free(m->lb);
+  free(m->vit_in);
+  free(m->llm_in);
+  free(m->va);
+  free(m->la);
+  memset(m, 0, sizeof *m);
+}
+
+/* ---- one micro-batch ---------------------------------------------------- */
+
+/* Checks the batch against the buffers and the image-slot rule; fills
+ * seq_start, pos_ids and slot_row. */
+static int prepare(model *m, const mb_batch *b, int *n_images_out) {
+  const monkey_config *c = m->cfg;
+  const int slots = c->visual.img_slots;
+  if (b->n_samples < 1 || b->n_samples > m->max_samples)
+    VLM_FAIL("micro-batch of %d samples; the model was set up for 1..%d", b->n_samples, m->max_samples);
+  int t = 0, img = 0;
+  for (int s = 0; s < b->n_samples; s++) {
+    m->seq_start[s] = t;
+    if (b->len[s] < 1) VLM_FAIL("sample %d of the micro-batch is empty", s);
+    if (t + b->len[s] > m->max_tokens)
+      VLM_FAIL("micro-batch holds more than %d tokens", m->max_tokens);
+    int seen = 0;
+    for (int i = 0; i < b->len[s]; i++) {
+      m->pos_ids[t + i] = i;
+      m->slot_row[t + i] = -1;
+    }
+    for (int i = 0; i < b->len[s]; i++) {
+      int32_t tok = b->tokens[t + i];
+      if (tok < 0 || tok >= c->vocab_size)
+        VLM_FAIL("sample %d: token %d at position %d is outside the vocabulary (0..%d)", s, tok, i,
+                 c->vocab_size - 1);
+      if (tok != c->visual.image_start_id) continue;
+      if (i + slots + 1 >= b->len[s] || b->tokens[t + i + slots + 1] != c->img_end_id)
+        VLM_FAIL("sample %d: <img> at position %d is not followed by %d slots and </img>", s, i, slots);
+      if (seen >= b->n_img[s])
+        VLM_FAIL("sample %d: more <img> tags than its %d image(s)", s, b->n_img[s]);
+      for (int k = 0; k < slots; k++) m->slot_row[t + i + 1 + k] = (img + seen) * slots + k;
+      seen++;
+      i += slots + 1;
+    }
+    if (seen != b->n_img[s])
+      VLM_FAIL("sample %d: %d <img> tags but %d image(s)", s, seen, b->n_img[s]);
+    t += b->len[s];
+    img += b->n_img[s];
+  }
+  m->seq_start[b->n_samples] = t;
+  if (img > m->max_images)
+    VLM_FAIL("micro-batch holds %d images; the model was set up for %d", img, m->max_images);
+  *n_images_out = img;
+  return 0;
+}
+
+int model_forward_backward(model *m, const mb_batch *b, float grad_scale, double *loss,
+                           long *n_targets) {
+  const monkey_config *c = m->cfg;
+  const visual_config *v = &c->visual;
+  const int H = c->hidden_size, V = c->vocab_size, W = v->width;
+  const int nv = v->n_windows + 1, NP = v->n_patches;
+  const float eps = (float)c->layer_norm_epsilon;
+  int n_img = 0;
+  VLM_CHECK(prepare(m, b, &n_img));
+  const int T = m->seq_start[b->n_samples], n_seq = b->n_samples, n_views = n_img * nv;
+  m->flops = 0;
+
+  /* ---- forward: images ---- */
+  if (n_img > 0) {
+    vit_load_pixels(m, b->pixels, n_img);
+    vit_stem_forward(m, n_img);
+    for (int L = 0; L < v->layers; L++)
+      vit_block_forward(m, L, &m->va[m->recompute_vit ? 0 : L], m->vit_in[L + 1], m->vit_in[L],
+                        n_views, 1);
+    resampler_forward(m, n_views);
+  }
+  /* ---- forward: embeddings with the image features spliced in ---- */
+  float *x = m->llm_in[0];
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; t++) {
+    const float *src = m->slot_row[t] >= 0 ? m->feat + (size_t)m->slot_row[t] * H
+                                           : m->wte.w + (size_t)b->tokens[t] * H;
+    memcpy(x + (size_t)t * H, src, (size_t)H * sizeof(float));
+  }
+  for (int L = 0; L < c->num_hidden_layers; L++)
+    llm_block_forward(m, L, &m->la[m->recompute_llm ? 0 : L], m->llm_in[L + 1], m->llm_in[L], T,
+                      n_seq, 1);
+  const float *xL = m->llm_in[c->num_hidden_layers];
+  rmsnorm_forward(m->xf, m->f_rstd, xL, m->ln_f.w, T, H, eps);
+
+  /* ---- loss on the positions that have a target (logits t predict label t+1) ---- */
+  int Mv = 0;
+  for (int s = 0; s < n_seq; s++)
+    for (int t = m->seq_start[s]; t < m->seq_start[s + 1] - 1; t++)
+      if (b->labels[t + 1] != -100) {
+        if (b->labels[t + 1] < 0 || b->labels[t + 1] >= V)
+          VLM_FAIL("sample %d: label %d at position %d is outside the vocabulary", s,
+                   b->labels[t + 1], t + 1 - m->seq_start[s]);
+        m->sel_rows[Mv] = t;
+        m->sel_tgt[Mv] = b->labels[t + 1];
+        Mv++;
+      }
+  *n_targets = Mv;
+  *loss = 0.0;
+  if (Mv == 0) return 0;
+  for (int i = 0; i < Mv; i++)
+    memcpy(m->hsel + (size_t)i * H, m->xf + (size_t)m->sel_rows[i] * H, (size_t)H * sizeof(float));
+  zero(m->dhsel, (long)Mv * H);
+  double loss_sum = 0.0;
+  for (int i0 = 0; i0 < Mv; i0 += m->logit_rows) {
+    int n = Mv - i0 < m->logit_rows ? Mv - i0 : m->logit_rows, nvalid = 0;
+    lin_fwd(m, 1, m->logits, m->hsel + (size_t)i0 * H, m->lm_head, NULL, n, H, V);
+    loss_sum += cross_entropy_forward_backward(m->logits, m->logits, m->sel_tgt + i0, n, V,
+                                               grad_scale / (float)Mv, &nvalid);
+    lin_bwd(m, m->dhsel + (size_t)i0 * H, m->lm_head, NULL, m->logits, m->hsel + (size_t)i0 * H, n,
+            H, V);
+  }
+  *loss = loss_sum / Mv;
+
+  /* ---- backward: LLM ---- */
+  float *dy = m->d_res, *dx = m->d_next;
+  zero(m->d_small, (long)T * H);
+  for (int i = 0; i < Mv; i++)
+    memcpy(m->d_small + (size_t)m->sel_rows[i] * H, m->dhsel + (size_t)i * H, (size_t)H * sizeof(float));
+  zero(dy, (long)T * H);
+  rmsnorm_backward(dy, m->ln_f.g, m->d_small, xL, m->ln_f.w, m->f_rstd, T, H);
+  const int need_dx0 = m->wte.g || (n_img > 0 && m->vit_needs_grad);
+  for (int L = c->num_hidden_layers - 1; L >= 0; L--) {
+    llm_acts *A = &m->la[m->recompute_llm ? 0 : L];
+    if (m->recompute_llm) llm_block_forward(m, L, A, m->llm_in[L + 1], m->llm_in[L], T, n_seq, 0);
+    int want_dx = L > 0 || need_dx0;
+    if (want_dx) zero(dx, (long)T * H);
+    llm_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->llm_in[L], T, n_seq);
+    float *tmp = dy;
+    dy = dx;
+    dx = tmp;
+  }
+  if (!need_dx0) return 0;
+  /* dy now holds d(embeddings): to wte rows, or to the image features */
+  if (n_img > 0) zero(m->d_feat, (long)n_views * v->n_queries * H);
+  for (int t = 0; t < T; t++) {
+    const float *g = dy + (size_t)t * H;
+    float *dst = m->slot_row[t] >= 0 ? (n_img > 0 ? m->d_feat + (size_t)m->slot_row[t] * H : NULL)
+                                     : (m->wte.g ? m->wte.g + (size_t)b->tokens[t] * H : NULL);
+    if (dst)
+      for (int k = 0; k < H; k++) dst[k] += g[k];
+  }
+  if (n_img == 0 || !m->vit_needs_grad) return 0;
+
+  /* ---- backward: resampler and ViT ---- */
+  resampler_backward(m, n_views);
+  if (m->vit_lowest >= v->layers) return 0;
+  const long NW = (long)n_views * NP * W;
+  dy = m->d_res;
+  dx = m->d_next;
+  memcpy(dy, m->d_vit, (size_t)NW * sizeof(float));
+  int lowest = m->vit_lowest < 0 ? 0 : m->vit_lowest;
+  for (int L = v->layers - 1; L >= lowest; L--) {
+    vit_acts *A = &m->va[m->recompute_vit ? 0 : L];
+    if (m->recompute_vit) vit_block_forward(m, L, A, m->vit_in[L + 1], m->vit_in[L], n_views, 0);
+    int want_dx = L > m->vit_lowest;
+    if (want_dx) zero(dx, NW);
+    vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_views);
+    float *tmp = dy;
+    dy = dx;
+    dx = tmp;
+  }
+  if (m->vit_lowest < 0) vit_stem_backward(m, dy, n_img);
+  return 0;
+}

@@ -1,0 +1,127 @@
+/* modules/model.h: the Monkey model's forward and backward over one
+ * micro-batch, composed from the kernels: per-window LoRA ViT, resampler,
+ * Qwen LLM with the image features spliced between <img> and </img>, and the
+ * shifted cross-entropy. Parameters and gradients live in the registry's flat
+ * buffers; every activation buffer is allocated once in model_create for the
+ * largest micro-batch, so a training step allocates nothing.
+ *
+ * A micro-batch is packed: the samples' tokens are concatenated (each sample
+ * keeps its own positions and causal window), and all views of all images go
+ * through the ViT together (each view with its own LoRA set). */
+#ifndef VLM_MODULES_MODEL_H
+#define VLM_MODULES_MODEL_H
+
+#include <stdint.h>
+
+#include "io/config.h"
+#include "modules/registry.h"
+
+/* One micro-batch. tokens/labels: all samples concatenated (sum of len).
+ * pixels: the images of all samples in order, each S x S x 3 RGB uint8. */
+typedef struct {
+  int n_samples;
+  const int *len;   /* [n_samples] */
+  const int *n_img; /* [n_samples] */
+  const int32_t *tokens;
+  const int32_t *labels;
+  const uint8_t *pixels;
+} mb_batch;
+
+/* Weight and gradient pointers of one ViT block (gradient NULL = frozen). */
+typedef struct {
+  const float *w;
+  float *g;
+} wp;
+
+typedef struct {
+  wp ln1_w, ln1_b, in_w, in_b, out_w, out_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
+  wp lora_in_a[16], lora_in_b[16], lora_in_s[16];
+  wp lora_out_a[16], lora_out_b[16], lora_out_s[16];
+  wp lora_mlp_a[16], lora_mlp_b[16], lora_mlp_s[16];
+  int needs_grad; /* any parameter of the block is trainable */
+} vit_block_w;
+
+typedef struct {
+  wp ln1, c_attn_w, c_attn_b, c_proj, ln2, w1, w2, mlp_proj;
+} llm_block_w;
+
+/* Saved activations of one ViT block over N = views * patches rows. */
+typedef struct {
+  float *a, *mean1, *rstd1, *qkv, *t_in, *ctx, *lse, *t_out, *x1, *c, *mean2, *rstd2, *f, *g, *t_mlp;
+} vit_acts;
+
+typedef struct {
+  float *a, *rstd1, *qkv, *ctx, *lse, *x1, *c, *rstd2, *u1, *u2, *s;
+} llm_acts;
+
+typedef struct {
+  const monkey_config *cfg;
+  registry *reg;
+  int max_samples, max_tokens, max_images;
+  int recompute_vit, recompute_llm;
+  int nthreads;
+
+  /* resolved parameter pointers */
+  wp conv1, pos, ln_pre_w, ln_pre_b;
+  vit_block_w *vb;
+  wp rq, rpos, kv_proj, r_in_w, r_in_b, r_out_w, r_out_b, ln_q_w, ln_q_b, ln_kv_w, ln_kv_b;
+  wp ln_post_w, ln_post_b, proj;
+  wp wte;
+  llm_block_w *lb;
+  wp ln_f, lm_head;
+  int vit_needs_grad;   /* anything in the visual path (ViT or resampler) is trainable */
+  int vit_lowest;       /* lowest ViT block needing backward; -1: the stem too; layers: none */
+
+  /* ---- visual activations (N_vit = max_images * views * patches) ---- */
+  float *img;        /* [max_images, S, S, 3] normalised */
+  float *glob;       /* [max_images, w, w, 3] global views */
+  float *resize_tmp; /* bicubic scratch */
+  float *cols;       /* [N_vit, 3*p*p] */
+  float *pe;         /* [patches, W] interpolated positional embedding */
+  float *x0;         /* [N_vit, W] conv + pos (ln_pre input) */
+  float *pre_mean, *pre_rstd;
+  float **vit_in;    /* [layers + 1] block inputs (vit_in[layers] = ViT output) */
+  vit_acts *va;      /* [layers] or [1] with recompute */
+  /* resampler */
+  float *kv, *kv_mean, *kv_rstd, *kvn, *pe_k, *keys, *qn, *q_mean, *q_rstd, *q_in, *Q, *K, *V;
+  float *r_ctx, *r_lse, *r_o, *post_mean, *post_rstd, *z, *feat;
+  /* ---- LLM activations (T = max_tokens) ---- */
+  int *pos_ids;      /* [T] position of each token inside its sample */
+  int *seq_start;    /* [max_samples + 1] */
+  float **llm_in;    /* [layers + 1] */
+  llm_acts *la;      /* [layers] or [1] */
+  float *xf, *f_rstd;
+  int *sel_rows;     /* [T] rows with a target */
+  int *sel_tgt;      /* [T] their targets */
+  int *slot_row;     /* [T] row of the image features spliced at this position, or -1 */
+  int logit_rows;    /* rows of logits computed at once */
+  float *hsel, *dhsel, *logits; /* [T,H], [T,H], [chunk, V] */
+  /* ---- backward scratch ---- */
+  /* residual-stream gradients (d_res: of a block's output, d_next: of its input,
+   * d_res2: inside a block), and block-internal gradients; each sized for the
+   * larger of the ViT and the LLM */
+  float *d_res, *d_next, *d_res2, *d_small, *d_qkv, *d_big;
+  float *lora_scratch; /* nthreads * patches * lora_rmax */
+  int lora_rmax;
+  float *attn_scratch;
+  size_t attn_scratch_per_thread;
+  float *d_feat, *d_z, *d_o, *d_rctx, *dQ, *dK, *dV, *d_qin, *d_keys, *d_kvn, *d_kv, *d_pe_k, *d_vit;
+  /* ---- accounting ---- */
+  double flops;      /* useful FLOPs of the last forward_backward (recomputation excluded) */
+} model;
+
+/* Sizes every buffer for micro-batches of at most max_samples samples,
+ * max_tokens tokens in all and max_images images in all. */
+int model_create(model *m, const monkey_config *c, registry *r, int max_samples, int max_tokens,
+                 int max_images, int recompute_vit, int recompute_llm);
+void model_free(model *m);
+
+/* Forward and backward of one micro-batch: gradients of trainable parameters
+ * are ACCUMULATED into the registry's grads, scaled by grad_scale (e.g.
+ * 1/gradient_accumulation_steps). Returns the micro-batch mean loss over its
+ * targets in *loss and the number of targets in *n_targets (a micro-batch with
+ * no target contributes loss 0 and no gradient). */
+int model_forward_backward(model *m, const mb_batch *b, float grad_scale, double *loss,
+                           long *n_targets);
+
+#endif

@@ -1,0 +1,58 @@
+/* modules/model_internal.h: what the parts of the model (vit.c, resampler.c,
+ * llm.c, model.c) share and nothing else includes: FLOP-counting wrappers
+ * around the kernels and the per-part forward/backward entry points. */
+#ifndef VLM_MODULES_MODEL_INTERNAL_H
+#define VLM_MODULES_MODEL_INTERNAL_H
+
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "modules/model.h"
+
+/* Linear layer with FLOP accounting; count = 0 during recomputation. */
+static inline void lin_fwd(model *m, int count, float *out, const float *in, wp W, const float *b,
+                           int N, int K, int O) {
+  linear_forward(out, in, W.w, b, N, K, O);
+  if (count) m->flops += 2.0 * N * K * O;
+}
+
+static inline void lin_bwd(model *m, float *din, wp W, float *db, const float *dout,
+                           const float *in, int N, int K, int O) {
+  if (!din && !W.g && !db) return;
+  linear_backward(din, W.g, db, dout, in, W.w, N, K, O);
+  m->flops += 2.0 * N * K * O * ((din != NULL) + (W.g != NULL));
+}
+
+static inline double attn_flops(const attn_shape *s) {
+  double f = 4.0 * s->Tq * s->Tk * s->D * s->H;
+  return s->causal ? 0.5 * f : f;
+}
+
+static inline void zero(float *x, long n) { memset(x, 0, (size_t)n * sizeof(float)); }
+
+static inline void add_into(float *y, const float *x, long n) {
+#pragma omp parallel for if (n > 32768) schedule(static)
+  for (long i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* ViT (vit.c): rows are views x patches; view v uses LoRA set v % (n_windows+1)
+ * when that is < n_windows, none for the global view. */
+void vit_load_pixels(model *m, const uint8_t *pixels, int n_images);
+void vit_stem_forward(model *m, int n_images);
+void vit_stem_backward(model *m, const float *d_h0, int n_images);
+void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, int n_views, int count);
+void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy, const float *x,
+                        int n_views);
+
+/* Resampler + ln_post + proj (resampler.c): vit_in[layers] -> feat. */
+void resampler_forward(model *m, int n_views);
+/* d_feat -> parameter grads and, when the ViT needs it, d_vit (written). */
+void resampler_backward(model *m, int n_views);
+
+/* LLM (llm.c) over the packed tokens of a micro-batch. */
+void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, int T, int n_seq,
+                       int count);
+void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy, const float *x,
+                        int T, int n_seq);
+
+#endif
