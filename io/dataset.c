@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -720,11 +721,22 @@ static int synth_check(const char *path, const monkey_config *c, long n, const s
              c->visual.image_size, slots);
   int max_img = (o->multi_image_every > 0 && n >= o->multi_image_every) ? 2 : 1;
   *longest = (long)max_img * (slots + 2) + o->filler_max + SYN_PROMPT_LEN + 2;
-  if (*longest > c->seq_length)
+  if ((size_t)n > SIZE_MAX / 8 / (size_t)*longest)
+    VLM_FAIL("synthetic dataset %s: %ld samples of up to %ld tokens do not fit in memory", path, n,
+             *longest);
+  if (*longest > c->seq_length) {
+    long fixed = (long)max_img * (slots + 2) + SYN_PROMPT_LEN + 2, room = c->seq_length - fixed;
+    char hint[128];
+    if (room >= o->filler_min)
+      snprintf(hint, sizeof hint, "lower the filler maximum to %ld or less", room);
+    else if (max_img > 1)
+      snprintf(hint, sizeof hint, "two images do not fit: turn multi-image samples off");
+    else
+      snprintf(hint, sizeof hint, "the config cannot hold one image and the prompt");
     VLM_FAIL("synthetic dataset %s: a sample can be %ld tokens long (%d image(s) x (%d slots + 2) + "
-             "%d filler + %d prompt + answer + eos), more than the config's seq_length %d; lower "
-             "the filler maximum%s", path, *longest, max_img, slots, o->filler_max, SYN_PROMPT_LEN,
-             c->seq_length, max_img > 1 ? " or turn multi-image samples off" : "");
+             "%d filler + %d prompt + answer + eos), more than the config's seq_length %d; %s",
+             path, *longest, max_img, slots, o->filler_max, SYN_PROMPT_LEN, c->seq_length, hint);
+  }
   return 0;
 }
 

@@ -534,7 +534,8 @@ static int read_values(train_config *t, const cJSON *root, const char *what) {
     char type[64];
     VLM_CHECK(get_string(v, what, "scheduler.type", type, sizeof type));
     if (strcmp(type, "cosine") == 0 || strcmp(type, "constant") == 0) {
-      snprintf(t->sched_type, sizeof t->sched_type, "%s", type[1] == 'o' ? "cosine" : "constant");
+      snprintf(t->sched_type, sizeof t->sched_type, "%s",
+               strcmp(type, "cosine") == 0 ? "cosine" : "constant");
     } else if (strcmp(type, "WarmupLR") == 0) {
       vlm_warn("%s: \"scheduler.type\" \"WarmupLR\" runs as \"constant\": linear warmup over "
                "warmup_num_steps, then the constant lr (DeepSpeed's log-shaped warmup and "

@@ -169,7 +169,7 @@ int weights_load_hf_dir(registry *r, const char *dir, unsigned long seed, weight
 
   problem_list missing = {.kind = "missing"}, unexpected = {.kind = "unexpected"},
                shape = {.kind = "wrong shape"}, twice = {.kind = "found twice"},
-               index_bad = {.kind = "index disagrees with shard"};
+               index_bad = {.kind = "index mismatch"};
   for (int f = 0; f < nf; f++) {
     const st_file *sf = &files[f];
     for (int t = 0; t < sf->n; t++) {
@@ -244,13 +244,20 @@ int weights_load_hf_dir(registry *r, const char *dir, unsigned long seed, weight
     goto done;
   }
   if (n_problems > 1) {
+    /* one line: each kind of problem with its count and first case (the
+     * first W_LIST_MAX of each were printed above) */
+    const problem_list *all[] = {&missing, &unexpected, &shape, &twice, &index_bad};
+    char parts[900];
+    size_t k = 0;
+    for (int i = 0; i < 5; i++) {
+      if (all[i]->count == 0 || k >= sizeof parts) continue;
+      k += (size_t)snprintf(parts + k, sizeof parts - k, "%s%ld %s (first: %.130s)",
+                            k ? "; " : "", all[i]->count, all[i]->kind, all[i]->first);
+    }
     vlm_error_at(__FILE__, __LINE__, __func__,
-                 "%s: the checkpoint does not match the model config: %ld missing, %ld unexpected, "
-                 "%ld wrong shape, %ld found twice, %ld index disagreements (first %d of each "
-                 "listed above); first missing: %.200s; first unexpected: %.200s",
-                 dir, missing.count, unexpected.count, shape.count, twice.count, index_bad.count,
-                 W_LIST_MAX, missing.count ? missing.first : "none",
-                 unexpected.count ? unexpected.first : "none");
+                 "%s: the checkpoint does not match the model config: %s (up to %d of each "
+                 "listed above)",
+                 dir, parts, W_LIST_MAX);
     goto done;
   }
 

@@ -16,9 +16,10 @@
  * Threads: the forward runs (query block, head) pairs in parallel. The backward
  * runs (head, group) pairs, a group being every G-th query block of a head;
  * group 0 adds straight into dk/dv, groups 1..G-1 into partial buffers taken
- * from the scratch that are added in afterwards (G > 1 only when there are
- * fewer heads than threads). Inside an enclosing parallel region everything
- * runs on the calling thread.
+ * from the scratch that are added in afterwards, in a fixed order (G > 1 only
+ * when the heads do not share out evenly over the threads; see bwd_groups).
+ * For a given thread count the results are deterministic. Inside an enclosing
+ * parallel region everything runs on the calling thread.
  *
  * Not here: dropout, attention masks other than causal, grouped-query heads. */
 #include "kernels/kernels.h"
@@ -30,9 +31,9 @@
 #include <omp.h>
 #include <string.h>
 
-/* Query rows per block: 128 rows run OpenBLAS about 10% faster than 64 at
- * Tk = 1024 for 1 MiB of scratch per thread (bench_attention). The tests place
- * cases at 2 x 128 and 128 + 1 rows (BLOCK in gen_attention_cases.py). */
+/* Query rows per block: 128 rows made bench_attention 5-13% faster than 64
+ * (larger sgemm blocks), for 1 MiB of scratch per thread at Tk = 1024. The tests place
+ * cases at 4 x 128 and 128 + 1 rows (BLOCK in gen_attention_cases.py). */
 #define ATTN_BQ 128
 /* Floats per thread slice are rounded up to this (64 bytes) to keep slices aligned. */
 #define ATTN_ALIGN 16
@@ -49,13 +50,71 @@ static size_t per_thread_floats(const attn_shape *s) {
   return round_up(2 * bq * (size_t)s->Tk + bq);
 }
 
-/* Query-block groups per head in the backward: 1 when the heads alone keep
- * every thread busy, otherwise enough groups for about two items per thread. */
+/* Number of keys query block [i0, i0+bq) looks at. */
+static int keys_of_block(const attn_shape *s, int i0, int bq) {
+  return s->causal && i0 + bq < s->Tk ? i0 + bq : s->Tk;
+}
+
+/* Work of query block b, in units of score entries. */
+static double block_cost(const attn_shape *s, int b) {
+  const int i0 = b * ATTN_BQ, bq = s->Tq - i0 < ATTN_BQ ? s->Tq - i0 : ATTN_BQ;
+  return (double)bq * keys_of_block(s, i0, bq);
+}
+
+/* The most threads the load-balance model below follows; beyond it the choice
+ * is made as if there were this many. */
+#define ATTN_MODEL_THREADS 256
+
+/* Time at which the backward's work items, (head h, group g) in the order
+ * w = h*G + g, would finish on nt threads if each item went to the thread that
+ * frees up first (what schedule(dynamic, 1) does). load is a min-heap of nt
+ * thread finishing times. */
+static double bwd_makespan(const attn_shape *s, int nqb, int G, int nt, double *load) {
+  double gcost[ATTN_MODEL_THREADS];
+  for (int g = 0; g < G; g++) {
+    gcost[g] = 0.0;
+    for (int b = g; b < nqb; b += G) gcost[g] += block_cost(s, b);
+  }
+  for (int t = 0; t < nt; t++) load[t] = 0.0;
+  double end = 0.0;
+  for (int h = 0; h < s->H; h++)
+    for (int g = 0; g < G; g++) {
+      double x = load[0] + gcost[g]; /* the earliest free thread takes the item */
+      if (x > end) end = x;
+      int i = 0; /* sift x down from the root */
+      for (;;) {
+        int c = 2 * i + 1;
+        if (c >= nt) break;
+        if (c + 1 < nt && load[c + 1] < load[c]) c++;
+        if (load[c] >= x) break;
+        load[i] = load[c];
+        i = c;
+      }
+      load[i] = x;
+    }
+  return end;
+}
+
+/* Query-block groups per head in the backward (G): group g of a head takes
+ * blocks g, g+G, g+2G, ... Groups beyond the first cost a partial dK/dV each
+ * (memory, and a reduction at the end), so G > 1 is taken only when the load
+ * model above says it finishes at least 5% sooner: when the heads do not
+ * share out evenly over the threads (H < nt, or H not a multiple of nt). */
 static int bwd_groups(const attn_shape *s, int nthreads) {
-  if (nthreads <= 1 || s->H >= nthreads) return 1;
-  int g = (2 * nthreads + s->H - 1) / s->H;
-  int nqb = n_qblocks(s);
-  return g < nqb ? g : nqb;
+  const int nqb = n_qblocks(s);
+  const int nt = nthreads < ATTN_MODEL_THREADS ? nthreads : ATTN_MODEL_THREADS;
+  if (nt <= 1 || nqb <= 1 || s->H % nt == 0) return 1;
+  int gmax = (4 * nt + s->H - 1) / s->H;
+  if (gmax > nqb) gmax = nqb;
+  if (gmax > ATTN_MODEL_THREADS) gmax = ATTN_MODEL_THREADS; /* gcost[] holds that many */
+  double load[ATTN_MODEL_THREADS];
+  int best = 1;
+  double best_t = bwd_makespan(s, nqb, 1, nt, load);
+  for (int G = 2; G <= gmax; G++) {
+    double t = bwd_makespan(s, nqb, G, nt, load);
+    if (t < 0.95 * best_t) best = G, best_t = t;
+  }
+  return best;
 }
 
 /* One partial dK and one partial dV (Tk x D each) per (head, group >= 1). */
@@ -71,11 +130,6 @@ size_t attention_scratch_floats(const attn_shape *s, int nthreads) {
 static int team_size(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
 
 /* ---- one query block ------------------------------------------------------ */
-
-/* Number of keys query block [i0, i0+bq) looks at. */
-static int keys_of_block(const attn_shape *s, int i0, int bq) {
-  return s->causal && i0 + bq < s->Tk ? i0 + bq : s->Tk;
-}
 
 /* S[bq, nk] = scale * q[i0.., h] @ k[0..nk, h]^T */
 static void block_scores(float *S, const float *q, const float *k, const attn_shape *s, int h,

@@ -122,7 +122,6 @@ void bicubic_resize_backward(float *din, const float *dout, int Hi, int Wi, int 
       }
     }
   }
-  (void)Hi;
 #pragma omp parallel
   {
 #ifdef _OPENMP

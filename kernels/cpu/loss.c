@@ -1,11 +1,12 @@
 /* kernels/cpu/loss.c: softmax cross-entropy over vocabulary rows, loss and gradient
- * in one pass over the logits.
+ * together (one exp per logit).
  *
  * logits[N,V], targets[N]. Row loss = logsumexp(row) - row[target] (max-subtracted).
- * Rows whose target is -100 (any target outside [0,V), so a bad label can never index
- * out of bounds) are ignored: no loss, gradient 0. Returns the SUM of the row losses in
- * double and the count of valid rows. dlogits (may alias logits, may be NULL) is
- * WRITTEN, not accumulated: (softmax - onehot) * grad_scale. Row-parallel. */
+ * Rows whose target is -100 are ignored: no loss, gradient 0. So that a bad label can
+ * never index out of bounds, every target outside [0,V) is treated the same way.
+ * Returns the SUM of the row losses in double and the count of valid rows. dlogits
+ * (may alias logits, may be NULL) is WRITTEN, not accumulated:
+ * (softmax - onehot) * grad_scale. Row-parallel. */
 #include "kernels/kernels.h"
 
 #include <math.h>

@@ -12,7 +12,7 @@
 #include <math.h>
 
 /* Channels per block of the column-parallel weight-gradient loops. */
-#define COL_BLOCK 256
+#define COL_BLOCK 64
 
 /* out[N,C] = (in - mean) * rstd * w[C] + b[C]; mean[N], rstd[N] saved. */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *in, const float *w,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 VIT, LLM, CROSS = 0, 1, 2
-BLOCK = 128  # ATTN_BQ in kernels/cpu/attention.c: cases at 2*BLOCK and BLOCK+1 rows
+BLOCK = 128  # ATTN_BQ in kernels/cpu/attention.c: cases at 4*BLOCK and BLOCK+1 rows
 
 # (layout, Tq, Tk, H, D, causal, input scale)
 CASES = [
@@ -30,7 +30,8 @@ CASES = [
                                        # case, so also the accumulate and NULL dk case
     (LLM, 70, 70, 4, 16, 1, 1.0),
     (CROSS, 9, 50, 2, 8, 0, 1.0),
-    (LLM, 2 * BLOCK, 2 * BLOCK, 2, 16, 1, 1.0),  # exactly two blocks
+    (LLM, 4 * BLOCK, 4 * BLOCK, 2, 8, 1, 1.0),  # exactly four blocks; at 7 threads the
+                                                # backward splits each head in 3 groups
     (VIT, BLOCK + 1, BLOCK + 1, 3, 12, 0, 2.0),  # one block and one row
 ]
 

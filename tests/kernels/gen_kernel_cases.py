@@ -261,7 +261,7 @@ def main():
         case_softmax(f, "softmax_small", 7, 13)
         case_softmax(f, "softmax_large", 33, 1001)
         case_rope(f, "rope_partial", 7, 3, 10, 6, 3 * 3 * 10 + 5, 10000.0, 50)
-        case_rope(f, "rope_full", 33, 5, 16, 16, 5 * 16, 10000.0, 300)
+        case_rope(f, "rope_full", 33, 5, 16, 16, 5 * 16, 10000.0, 2048)
         case_rope(f, "rope_wide", 9, 2, 198, 198, 2 * 198, 10000.0, 200)  # > 64 freqs
         case_cross_entropy(f, "xent_small", 7, 13, 0.37)
         case_cross_entropy(f, "xent_large", 33, 1001, 1.0 / 31)

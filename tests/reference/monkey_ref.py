@@ -355,6 +355,7 @@ class MonkeyRef(torch.nn.Module):
         self.cfg = cfg
         self.dtype = dtype
         self.p = {}
+        self.scale_terms = None  # {lora_scale name: sum |terms|} when a dict (see lora)
         for name, shape in param_shapes(cfg):
             if weights is not None:
                 if name not in weights:
@@ -395,7 +396,17 @@ class MonkeyRef(torch.nn.Module):
             return 0.0
         a = "%s.%d." % (prefix, k)
         p = self.p
-        return (x @ p[a + "lora_a.weight"].t()) @ p[a + "lora_b.weight"].t() * p[a + "lora_scale"]
+        u = (x @ p[a + "lora_a.weight"].t()) @ p[a + "lora_b.weight"].t()
+        out = u * p[a + "lora_scale"]
+        if self.scale_terms is not None and out.requires_grad:
+            out.register_hook(lambda g, key=a + "lora_scale", ud=u.detach():
+                              self._add_scale_terms(key, ud, g))
+        return out
+
+    def _add_scale_terms(self, key, u, g):
+        """d loss / d lora_scale = sum(u * g): records sum |u * g|, the size of the
+        terms that cancel in that scalar (what an fp32 sum's error scales with)."""
+        self.scale_terms[key] = self.scale_terms.get(key, 0.0) + float((u * g).abs().sum())
 
     def vit_block(self, L, x, k):
         cfg, p = self.cfg, self.p

@@ -128,4 +128,4 @@ def rel_err_table(errors, title, limit=12):
     rows = sorted(errors, key=lambda r: -r[1])[:limit]
     print("   %s (worst %d of %d):" % (title, len(rows), len(errors)))
     for name, err, ref in rows:
-        print("     %-64s %.3e  (max|ref| %.3e)" % (name, err, ref))
+        print("     %-64s %.3e  (scale %.3e)" % (name, err, ref))

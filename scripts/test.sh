@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# scripts/test.sh: the whole test suite. Installs the Debian packages, builds
+# vlmtrain with -Wall -Wextra -Werror and runs every test under ctest, then
+# builds again with AddressSanitizer + UBSan and runs the suite once more.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$here/scripts/install-deps.sh"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+echo "== build (Release, -Werror) =="
+bash "$here/scripts/build.sh" "$here/build"
+echo "== tests =="
+(cd "$here/build" && ctest --output-on-failure --timeout 900)
+echo "== build (AddressSanitizer + UBSan) =="
+bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
+echo "== tests under AddressSanitizer + UBSan =="
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_odr_violation=0}"
+export LSAN_OPTIONS="suppressions=$here/tests/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+(cd "$here/build-asan" && ctest --output-on-failure --timeout 1800)
