@@ -12,7 +12,7 @@
 #include "io/config.h"
 #include "io/dataset.h"
 
-#define MKDATA_USAGE                                                                        \
+#define MKDATA_USAGE                                                                          \
   "--synthetic --config CONFIG.json --out DATA.h5 [--samples N] [--seed N] [--filler-min N] " \
   "[--filler-max N] [--multi-image-every N]"
 
@@ -22,7 +22,8 @@ enum { O_SYNTH, O_CONFIG, O_OUT, O_SAMPLES, O_SEED, O_FMIN, O_FMAX, O_MULTI, O_C
 static int opt_range(const opt *o, long lo, long hi, long *v) {
   VLM_CHECK(opt_long(o, v));
   if (*v < lo || *v > hi) {
-    if (hi >= INT_MAX) VLM_FAIL("vlmtrain mkdata: option %s must be >= %ld, found %ld", o->name, lo, *v);
+    if (hi >= INT_MAX)
+      VLM_FAIL("vlmtrain mkdata: option %s must be >= %ld, found %ld", o->name, lo, *v);
     VLM_FAIL("vlmtrain mkdata: option %s must be in [%ld, %ld], found %ld", o->name, lo, hi, *v);
   }
   return 0;
@@ -32,10 +33,12 @@ static int mkdata_rank0(int argc, char **argv) {
   opt o[O_COUNT] = {
       [O_SYNTH] = {"--synthetic", NULL, NULL,
                    "make the learnable synthetic colour-class dataset (required for now: "
-                   "converting Monkey JSON comes with issue 6)", 0, 0},
+                   "converting Monkey JSON comes with issue 6)",
+                   0, 0},
       [O_CONFIG] = {"--config", "CONFIG.json", NULL,
                     "model config: vocabulary, token ids, image size, image slots", 0, 0},
-      [O_OUT] = {"--out", "DATA.h5", NULL, "output file (written as DATA.h5.tmp, then renamed)", 0, 0},
+      [O_OUT] = {"--out", "DATA.h5", NULL, "output file (written as DATA.h5.tmp, then renamed)", 0,
+                 0},
       [O_SAMPLES] = {"--samples", "N", "256", "number of samples", 0, 0},
       [O_SEED] = {"--seed", "N", "1", "random seed (same seed: byte-identical file)", 0, 0},
       [O_FMIN] = {"--filler-min", "N", "4", "fewest filler tokens per question", 0, 0},
@@ -46,9 +49,10 @@ static int mkdata_rank0(int argc, char **argv) {
   int rc = opts_parse("mkdata", MKDATA_USAGE, o, O_COUNT, argc, argv, NULL, 0, NULL);
   if (rc) return rc > 0 ? 0 : -1;
   if (!o[O_SYNTH].given)
-    VLM_FAIL("vlmtrain mkdata: only --synthetic is implemented; converting Monkey JSON "
-             "conversations to the dataset format comes later (issue 6). Use: vlmtrain mkdata "
-             "--synthetic --config CONFIG.json --out DATA.h5");
+    VLM_FAIL(
+        "vlmtrain mkdata: only --synthetic is implemented; converting Monkey JSON "
+        "conversations to the dataset format comes later (issue 6). Use: vlmtrain mkdata "
+        "--synthetic --config CONFIG.json --out DATA.h5");
   long samples, seed, fmin, fmax, multi;
   VLM_CHECK(opt_range(&o[O_SAMPLES], 1, INT_MAX, &samples));
   VLM_CHECK(opt_range(&o[O_SEED], 0, LONG_MAX, &seed));
@@ -57,8 +61,8 @@ static int mkdata_rank0(int argc, char **argv) {
   VLM_CHECK(opt_range(&o[O_MULTI], 0, INT_MAX, &multi));
   if (fmax < fmin)
     VLM_FAIL("vlmtrain mkdata: --filler-max (%ld) must be >= --filler-min (%ld)", fmax, fmin);
-  synth_options so = {.filler_min = (int)fmin, .filler_max = (int)fmax,
-                      .multi_image_every = (int)multi};
+  synth_options so = {
+      .filler_min = (int)fmin, .filler_max = (int)fmax, .multi_image_every = (int)multi};
   const char *out = o[O_OUT].value;
 
   monkey_config cfg;
@@ -68,8 +72,10 @@ static int mkdata_rank0(int argc, char **argv) {
   /* reopen: checks what was written against the config and gives the counts */
   dataset d;
   VLM_CHECK(dataset_open(&d, out, &cfg));
-  vlm_log("mkdata: wrote %ld samples, %ld tokens, %ld images (longest sample %ld tokens) to %s "
-          "in %.2f s\n", d.n_samples, d.n_tokens, d.n_images, d.max_len, out, vlm_now() - t0);
+  vlm_log(
+      "mkdata: wrote %ld samples, %ld tokens, %ld images (longest sample %ld tokens) to %s "
+      "in %.2f s\n",
+      d.n_samples, d.n_tokens, d.n_images, d.max_len, out, vlm_now() - t0);
   dataset_close(&d);
   return 0;
 }

@@ -90,11 +90,14 @@ static void dims_desc(int rank, const hsize_t *d, char *buf, size_t n) {
 static int attr_open(const char *fname, hid_t file, const char *name, hid_t *attr) {
   htri_t ex = H5Aexists(file, name);
   if (ex <= 0)
-    VLM_FAIL("dataset %s: root attribute '%s' is missing (format v1 needs format = \"%s\", "
-             "version = %d, image_size)", fname, name, FORMAT_NAME, FORMAT_VERSION);
+    VLM_FAIL(
+        "dataset %s: root attribute '%s' is missing (format v1 needs format = \"%s\", "
+        "version = %d, image_size)",
+        fname, name, FORMAT_NAME, FORMAT_VERSION);
   char why[200];
   *attr = H5Aopen(file, name, H5P_DEFAULT);
-  if (*attr < 0) VLM_FAIL("dataset %s: cannot open root attribute '%s': %s", fname, name, h5_reason(why));
+  if (*attr < 0)
+    VLM_FAIL("dataset %s: cannot open root attribute '%s': %s", fname, name, h5_reason(why));
   hid_t sp = H5Aget_space(*attr);
   hssize_t npts = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
   if (sp >= 0) H5Sclose(sp);
@@ -113,7 +116,10 @@ static int attr_read_string(const char *fname, hid_t file, const char *name, cha
   hid_t ft = H5Aget_type(a);
   char found[64], why[200];
   if (ft < 0 || H5Tget_class(ft) != H5T_STRING) {
-    if (ft >= 0) type_desc(ft, found, sizeof found); else snprintf(found, sizeof found, "?");
+    if (ft >= 0)
+      type_desc(ft, found, sizeof found);
+    else
+      snprintf(found, sizeof found, "?");
     if (ft >= 0) H5Tclose(ft);
     H5Aclose(a);
     VLM_FAIL("dataset %s: root attribute '%s': expected a string, found %s", fname, name, found);
@@ -158,7 +164,10 @@ static int attr_read_int(const char *fname, hid_t file, const char *name, long l
   hid_t ft = H5Aget_type(a);
   char found[64], why[200];
   if (ft < 0 || H5Tget_class(ft) != H5T_INTEGER) {
-    if (ft >= 0) type_desc(ft, found, sizeof found); else snprintf(found, sizeof found, "?");
+    if (ft >= 0)
+      type_desc(ft, found, sizeof found);
+    else
+      snprintf(found, sizeof found, "?");
     if (ft >= 0) H5Tclose(ft);
     H5Aclose(a);
     VLM_FAIL("dataset %s: root attribute '%s': expected an integer, found %s", fname, name, found);
@@ -178,12 +187,12 @@ static int dset_check(const char *fname, hid_t file, const char *name, int is_si
   const char *expect_t = is_signed ? (bytes == 4 ? "int32" : "int64") : "uint8";
   /* each group on the way must exist before H5Lexists can be asked about the link */
   char part[256];
-  for (const char *s = strchr(name + 1, '/'); ; s = strchr(s + 1, '/')) {
+  for (const char *s = strchr(name + 1, '/');; s = strchr(s + 1, '/')) {
     size_t len = s ? (size_t)(s - name) : strlen(name);
     snprintf(part, sizeof part, "%.*s", (int)len, name);
     if (H5Lexists(file, part, H5P_DEFAULT) <= 0)
-      VLM_FAIL("dataset %s: %s is missing (expected %s, rank %d)", fname,
-               s ? part : name, expect_t, rank);
+      VLM_FAIL("dataset %s: %s is missing (expected %s, rank %d)", fname, s ? part : name, expect_t,
+               rank);
     if (!s) break;
   }
   char why[200], found[64];
@@ -192,7 +201,10 @@ static int dset_check(const char *fname, hid_t file, const char *name, int is_si
   hid_t ft = H5Dget_type(ds), sp = H5Dget_space(ds);
   int ok_type = ft >= 0 && H5Tget_class(ft) == H5T_INTEGER && H5Tget_size(ft) == bytes &&
                 (H5Tget_sign(ft) == H5T_SGN_2) == (is_signed != 0);
-  if (ft >= 0) type_desc(ft, found, sizeof found); else snprintf(found, sizeof found, "?");
+  if (ft >= 0)
+    type_desc(ft, found, sizeof found);
+  else
+    snprintf(found, sizeof found, "?");
   int found_rank = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
   if (ok_type && found_rank == rank) H5Sget_simple_extent_dims(sp, dims, NULL);
   if (ft >= 0) H5Tclose(ft);
@@ -215,14 +227,20 @@ static int read_slab(const char *fname, hid_t file, const char *name, hid_t memt
   herr_t st = -1;
   hid_t fs = -1, ms = -1;
   hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-  if (ds < 0) { h5_reason(why); goto done; }
+  if (ds < 0) {
+    h5_reason(why);
+    goto done;
+  }
   fs = H5Dget_space(ds);
   if (fs < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0) {
     h5_reason(why);
     goto done;
   }
   ms = H5Screate_simple(rank, count, NULL);
-  if (ms < 0) { h5_reason(why); goto done; }
+  if (ms < 0) {
+    h5_reason(why);
+    goto done;
+  }
   st = H5Dread(ds, memtype, ms, fs, H5P_DEFAULT, buf);
   if (st < 0) h5_reason(why);
 done:
@@ -238,12 +256,13 @@ done:
 /* offsets-like array: o[0] == 0, non-decreasing, o[n] == end. */
 static int check_offsets(const char *fname, const char *name, const int64_t *o, long n, long end,
                          const char *end_what) {
-  if (o[0] != 0)
-    VLM_FAIL("dataset %s: %s[0] must be 0, found %lld", fname, name, (long long)o[0]);
+  if (o[0] != 0) VLM_FAIL("dataset %s: %s[0] must be 0, found %lld", fname, name, (long long)o[0]);
   for (long i = 0; i < n; i++)
     if (o[i + 1] < o[i])
-      VLM_FAIL("dataset %s: %s must be non-decreasing, but %s[%ld] = %lld > %s[%ld] = %lld (sample "
-               "%ld)", fname, name, name, i, (long long)o[i], name, i + 1, (long long)o[i + 1], i);
+      VLM_FAIL(
+          "dataset %s: %s must be non-decreasing, but %s[%ld] = %lld > %s[%ld] = %lld (sample "
+          "%ld)",
+          fname, name, name, i, (long long)o[i], name, i + 1, (long long)o[i + 1], i);
   if (o[n] != end)
     VLM_FAIL("dataset %s: %s[%ld] (the last) must equal %s = %ld, found %lld", fname, name, n,
              end_what, end, (long long)o[n]);
@@ -266,37 +285,47 @@ static int open_body(dataset *d, const char *path, const monkey_config *c) {
   long long version, size;
   VLM_CHECK(attr_read_int(path, f, "version", &version));
   if (version != FORMAT_VERSION)
-    VLM_FAIL("dataset %s: root attribute 'version': this vlmtrain reads format version %d, found "
-             "version %lld", path, FORMAT_VERSION, version);
+    VLM_FAIL(
+        "dataset %s: root attribute 'version': this vlmtrain reads format version %d, found "
+        "version %lld",
+        path, FORMAT_VERSION, version);
   VLM_CHECK(attr_read_int(path, f, "image_size", &size));
   if (size != c->visual.image_size)
-    VLM_FAIL("dataset %s: root attribute 'image_size' is %lld, but the model config's "
-             "visual.image_size is %d (images must be stored resized to the model's size)",
-             path, size, c->visual.image_size);
+    VLM_FAIL(
+        "dataset %s: root attribute 'image_size' is %lld, but the model config's "
+        "visual.image_size is %d (images must be stored resized to the model's size)",
+        path, size, c->visual.image_size);
   d->image_size = (int)size;
 
   hsize_t dt[1], dl[1], dof[1], dio[1], dp[4];
   VLM_CHECK(dset_check(path, f, "/samples/tokens", 1, 4, 1, dt));
   VLM_CHECK(dset_check(path, f, "/samples/labels", 1, 4, 1, dl));
   if (dl[0] != dt[0])
-    VLM_FAIL("dataset %s: /samples/labels has %llu elements, expected %llu (the length of "
-             "/samples/tokens)", path, (unsigned long long)dl[0], (unsigned long long)dt[0]);
+    VLM_FAIL(
+        "dataset %s: /samples/labels has %llu elements, expected %llu (the length of "
+        "/samples/tokens)",
+        path, (unsigned long long)dl[0], (unsigned long long)dt[0]);
   VLM_CHECK(dset_check(path, f, "/samples/offsets", 1, 8, 1, dof));
   if (dof[0] < 2)
-    VLM_FAIL("dataset %s: /samples/offsets has %llu elements, expected n_samples + 1 >= 2 (a "
-             "dataset needs at least one sample)", path, (unsigned long long)dof[0]);
+    VLM_FAIL(
+        "dataset %s: /samples/offsets has %llu elements, expected n_samples + 1 >= 2 (a "
+        "dataset needs at least one sample)",
+        path, (unsigned long long)dof[0]);
   VLM_CHECK(dset_check(path, f, "/samples/image_offsets", 1, 8, 1, dio));
   if (dio[0] != dof[0])
-    VLM_FAIL("dataset %s: /samples/image_offsets has %llu elements, expected n_samples + 1 = %llu "
-             "(the length of /samples/offsets)", path, (unsigned long long)dio[0],
-             (unsigned long long)dof[0]);
+    VLM_FAIL(
+        "dataset %s: /samples/image_offsets has %llu elements, expected n_samples + 1 = %llu "
+        "(the length of /samples/offsets)",
+        path, (unsigned long long)dio[0], (unsigned long long)dof[0]);
   VLM_CHECK(dset_check(path, f, "/images/pixels", 0, 1, 4, dp));
   hsize_t S = (hsize_t)d->image_size;
   if (dp[1] != S || dp[2] != S || dp[3] != 3) {
     char found[96];
     dims_desc(4, dp, found, sizeof found);
-    VLM_FAIL("dataset %s: /images/pixels: expected shape [n_images, %d, %d, 3] (RGB at "
-             "image_size), found %s", path, d->image_size, d->image_size, found);
+    VLM_FAIL(
+        "dataset %s: /images/pixels: expected shape [n_images, %d, %d, 3] (RGB at "
+        "image_size), found %s",
+        path, d->image_size, d->image_size, found);
   }
   if (dt[0] > (hsize_t)LONG_MAX || dp[0] > (hsize_t)LONG_MAX || dof[0] > (hsize_t)LONG_MAX / 8)
     VLM_FAIL("dataset %s: too large for this build", path);
@@ -324,10 +353,12 @@ static int open_body(dataset *d, const char *path, const monkey_config *c) {
     if (len > d->max_len) d->max_len = len;
     if (ni > d->max_images) d->max_images = ni;
   }
-  if (d->max_len > INT_MAX) VLM_FAIL("dataset %s: a sample has %ld tokens, too many", path, d->max_len);
+  if (d->max_len > INT_MAX)
+    VLM_FAIL("dataset %s: a sample has %ld tokens, too many", path, d->max_len);
   if (d->max_len > c->seq_length)
-    vlm_warn("dataset %s: its longest sample has %ld tokens, more than the config's seq_length %d\n",
-             path, d->max_len, c->seq_length);
+    vlm_warn(
+        "dataset %s: its longest sample has %ld tokens, more than the config's seq_length %d\n",
+        path, d->max_len, c->seq_length);
   return 0;
 }
 
@@ -335,7 +366,8 @@ int dataset_open(dataset *d, const char *path, const monkey_config *c) {
   memset(d, 0, sizeof *d);
   d->file = -1;
   d->cfg = c;
-  if (strlen(path) >= sizeof d->path) VLM_FAIL("dataset path too long (%zu characters): %s", strlen(path), path);
+  if (strlen(path) >= sizeof d->path)
+    VLM_FAIL("dataset path too long (%zu characters): %s", strlen(path), path);
   snprintf(d->path, sizeof d->path, "%s", path);
   h5_quiet q;
   h5_quiet_on(&q);
@@ -363,8 +395,8 @@ void dataset_close(dataset *d) {
 
 /* The per-sample rules: ids in the vocabulary, labels in it or -100, and each
  * <img> followed by exactly img_slots tokens and </img>, one per image. */
-static int validate_sample(const dataset *d, long i, const int32_t *tok, const int32_t *lab, long len,
-                           long n_img) {
+static int validate_sample(const dataset *d, long i, const int32_t *tok, const int32_t *lab,
+                           long len, long n_img) {
   const monkey_config *c = d->cfg;
   const int vocab = c->vocab_size, open_id = c->visual.image_start_id, close_id = c->img_end_id;
   const long slots = c->visual.img_slots;
@@ -372,42 +404,57 @@ static int validate_sample(const dataset *d, long i, const int32_t *tok, const i
   for (long p = 0; p < len; p++) {
     int32_t t = tok[p], l = lab[p];
     if (t < 0 || t >= vocab)
-      VLM_FAIL("dataset %s: sample %ld, token position %ld: token id %d is outside the vocabulary "
-               "[0, %d)", d->path, i, p, (int)t, vocab);
+      VLM_FAIL(
+          "dataset %s: sample %ld, token position %ld: token id %d is outside the vocabulary "
+          "[0, %d)",
+          d->path, i, p, (int)t, vocab);
     if (l != LABEL_IGNORE && (l < 0 || l >= vocab))
-      VLM_FAIL("dataset %s: sample %ld, token position %ld: label %d is neither -100 nor inside the "
-               "vocabulary [0, %d)", d->path, i, p, (int)l, vocab);
+      VLM_FAIL(
+          "dataset %s: sample %ld, token position %ld: label %d is neither -100 nor inside the "
+          "vocabulary [0, %d)",
+          d->path, i, p, (int)l, vocab);
     if (t == open_id) {
       long q = p + 1;
       while (q < len && tok[q] != open_id && tok[q] != close_id) q++;
       if (q >= len)
-        VLM_FAIL("dataset %s: sample %ld, token position %ld: <img> (id %d) has no closing </img> "
-                 "(id %d)", d->path, i, p, open_id, close_id);
+        VLM_FAIL(
+            "dataset %s: sample %ld, token position %ld: <img> (id %d) has no closing </img> "
+            "(id %d)",
+            d->path, i, p, open_id, close_id);
       if (tok[q] == open_id)
-        VLM_FAIL("dataset %s: sample %ld, token position %ld: <img> is followed by another <img> "
-                 "at position %ld before its </img>", d->path, i, p, q);
+        VLM_FAIL(
+            "dataset %s: sample %ld, token position %ld: <img> is followed by another <img> "
+            "at position %ld before its </img>",
+            d->path, i, p, q);
       if (q - p - 1 != slots)
-        VLM_FAIL("dataset %s: sample %ld, token position %ld: <img> is followed by %ld slot tokens "
-                 "before </img> at position %ld, expected img_slots = %ld ((n_windows + 1) x "
-                 "n_queries)", d->path, i, p, q - p - 1, q, slots);
+        VLM_FAIL(
+            "dataset %s: sample %ld, token position %ld: <img> is followed by %ld slot tokens "
+            "before </img> at position %ld, expected img_slots = %ld ((n_windows + 1) x "
+            "n_queries)",
+            d->path, i, p, q - p - 1, q, slots);
       expect_close = q;
       images++;
     } else if (t == close_id && p != expect_close) {
-      VLM_FAIL("dataset %s: sample %ld, token position %ld: </img> (id %d) without an opening <img>",
-               d->path, i, p, close_id);
+      VLM_FAIL(
+          "dataset %s: sample %ld, token position %ld: </img> (id %d) without an opening <img>",
+          d->path, i, p, close_id);
     }
   }
   if (images != n_img)
-    VLM_FAIL("dataset %s: sample %ld has %ld <img> tokens but %ld images (image_offsets[%ld] - "
-             "image_offsets[%ld])", d->path, i, images, n_img, i + 1, i);
+    VLM_FAIL(
+        "dataset %s: sample %ld has %ld <img> tokens but %ld images (image_offsets[%ld] - "
+        "image_offsets[%ld])",
+        d->path, i, images, n_img, i + 1, i);
   return 0;
 }
 
 int dataset_read_sample(dataset *d, long i, int32_t *tokens, int32_t *labels, int *len,
                         uint8_t *pixels, int *n_img) {
-  if (d->file <= 0) VLM_FAIL("dataset %s: read of sample %ld from a dataset that is not open", d->path, i);
+  if (d->file <= 0)
+    VLM_FAIL("dataset %s: read of sample %ld from a dataset that is not open", d->path, i);
   if (i < 0 || i >= d->n_samples)
-    VLM_FAIL("dataset %s: sample %ld does not exist (the file has %ld samples)", d->path, i, d->n_samples);
+    VLM_FAIL("dataset %s: sample %ld does not exist (the file has %ld samples)", d->path, i,
+             d->n_samples);
   hid_t f = (hid_t)d->file;
   hsize_t t0[1] = {(hsize_t)d->offsets[i]}, tn[1] = {(hsize_t)(d->offsets[i + 1] - d->offsets[i])};
   const hsize_t S = (hsize_t)d->image_size;
@@ -415,9 +462,12 @@ int dataset_read_sample(dataset *d, long i, int32_t *tokens, int32_t *labels, in
   hsize_t pn[4] = {(hsize_t)(d->image_offsets[i + 1] - d->image_offsets[i]), S, S, 3};
   h5_quiet q;
   h5_quiet_on(&q);
-  VLM_CHECK_GOTO(read_slab(d->path, f, "/samples/tokens", H5T_NATIVE_INT32, 1, t0, tn, tokens), fail);
-  VLM_CHECK_GOTO(read_slab(d->path, f, "/samples/labels", H5T_NATIVE_INT32, 1, t0, tn, labels), fail);
-  VLM_CHECK_GOTO(read_slab(d->path, f, "/images/pixels", H5T_NATIVE_UINT8, 4, p0, pn, pixels), fail);
+  VLM_CHECK_GOTO(read_slab(d->path, f, "/samples/tokens", H5T_NATIVE_INT32, 1, t0, tn, tokens),
+                 fail);
+  VLM_CHECK_GOTO(read_slab(d->path, f, "/samples/labels", H5T_NATIVE_INT32, 1, t0, tn, labels),
+                 fail);
+  VLM_CHECK_GOTO(read_slab(d->path, f, "/images/pixels", H5T_NATIVE_UINT8, 4, p0, pn, pixels),
+                 fail);
   h5_quiet_off(&q);
   *len = (int)tn[0];
   *n_img = (int)pn[0];
@@ -577,15 +627,18 @@ static int dwriter_commit(dwriter *w, const char *path) {
   char dir[1100];
   snprintf(dir, sizeof dir, "%s", path);
   char *slash = strrchr(dir, '/');
-  if (slash == dir) dir[1] = '\0';
-  else if (slash) *slash = '\0';
-  else snprintf(dir, sizeof dir, ".");
+  if (slash == dir)
+    dir[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  else
+    snprintf(dir, sizeof dir, ".");
   (void)fsync_path(dir, 1);
   return 0;
 }
 
-static int check_write_args(const char *path, int S, long n, const int64_t *off, const int64_t *ioff,
-                            long n_images) {
+static int check_write_args(const char *path, int S, long n, const int64_t *off,
+                            const int64_t *ioff, long n_images) {
   if (S < 1) VLM_FAIL("dataset %s: image_size must be >= 1, got %d", path, S);
   if (n < 1) VLM_FAIL("dataset %s: need at least one sample, got %ld", path, n);
   if (n_images < 0) VLM_FAIL("dataset %s: n_images must be >= 0, got %ld", path, n_images);
@@ -619,13 +672,17 @@ int dataset_write(const char *path, int image_size, long n_samples, const int64_
   h5_quiet q;
   h5_quiet_on(&q);
   VLM_CHECK_GOTO(dwriter_create(&w, path, image_size, n_samples, n_tokens, n_images), fail);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.tokens, "/samples/tokens", H5T_NATIVE_INT32, 1, z1, ct, tokens), fail);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.labels, "/samples/labels", H5T_NATIVE_INT32, 1, z1, ct, labels), fail);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.offsets, "/samples/offsets", H5T_NATIVE_INT64, 1, z1, co, offsets),
+  VLM_CHECK_GOTO(dwriter_put(&w, w.tokens, "/samples/tokens", H5T_NATIVE_INT32, 1, z1, ct, tokens),
                  fail);
+  VLM_CHECK_GOTO(dwriter_put(&w, w.labels, "/samples/labels", H5T_NATIVE_INT32, 1, z1, ct, labels),
+                 fail);
+  VLM_CHECK_GOTO(
+      dwriter_put(&w, w.offsets, "/samples/offsets", H5T_NATIVE_INT64, 1, z1, co, offsets), fail);
   VLM_CHECK_GOTO(dwriter_put(&w, w.image_offsets, "/samples/image_offsets", H5T_NATIVE_INT64, 1, z1,
-                             co, image_offsets), fail);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.pixels, "/images/pixels", H5T_NATIVE_UINT8, 4, z4, cp, pixels), fail);
+                             co, image_offsets),
+                 fail);
+  VLM_CHECK_GOTO(dwriter_put(&w, w.pixels, "/images/pixels", H5T_NATIVE_UINT8, 4, z4, cp, pixels),
+                 fail);
   VLM_CHECK_GOTO(dwriter_commit(&w, path), fail);
   h5_quiet_off(&q);
   return 0;
@@ -704,18 +761,23 @@ static int synth_check(const char *path, const monkey_config *c, long n, const s
   const int T = synth_text_top(c), slots = c->visual.img_slots;
   if (n < 1) VLM_FAIL("synthetic dataset %s: need at least one sample, got %ld", path, n);
   if (o->filler_min < 0 || o->filler_max < o->filler_min)
-    VLM_FAIL("synthetic dataset %s: filler lengths must satisfy 0 <= filler_min <= filler_max, got "
-             "%d..%d", path, o->filler_min, o->filler_max);
+    VLM_FAIL(
+        "synthetic dataset %s: filler lengths must satisfy 0 <= filler_min <= filler_max, got "
+        "%d..%d",
+        path, o->filler_min, o->filler_max);
   if (o->multi_image_every < 0)
     VLM_FAIL("synthetic dataset %s: multi_image_every must be >= 0 (0 = never), got %d", path,
              o->multi_image_every);
   if (T < 1)
-    VLM_FAIL("synthetic dataset %s: the vocabulary is too small: min(vocab_size %d, image_start_id "
-             "%d, eos_id %d) must exceed %d", path, c->vocab_size, c->visual.image_start_id,
-             c->eos_id, SYN_RESERVED);
+    VLM_FAIL(
+        "synthetic dataset %s: the vocabulary is too small: min(vocab_size %d, image_start_id "
+        "%d, eos_id %d) must exceed %d",
+        path, c->vocab_size, c->visual.image_start_id, c->eos_id, SYN_RESERVED);
   if (c->img_pad_id >= c->vocab_size || c->eos_id < 0 || c->eos_id >= c->vocab_size)
-    VLM_FAIL("synthetic dataset %s: <imgpad> (%d) and eos (%d) must lie inside the vocabulary "
-             "[0, %d)", path, c->img_pad_id, c->eos_id, c->vocab_size);
+    VLM_FAIL(
+        "synthetic dataset %s: <imgpad> (%d) and eos (%d) must lie inside the vocabulary "
+        "[0, %d)",
+        path, c->img_pad_id, c->eos_id, c->vocab_size);
   if (c->visual.image_size < 1 || slots < 1)
     VLM_FAIL("synthetic dataset %s: config has image_size %d and img_slots %d", path,
              c->visual.image_size, slots);
@@ -733,9 +795,10 @@ static int synth_check(const char *path, const monkey_config *c, long n, const s
       snprintf(hint, sizeof hint, "two images do not fit: turn multi-image samples off");
     else
       snprintf(hint, sizeof hint, "the config cannot hold one image and the prompt");
-    VLM_FAIL("synthetic dataset %s: a sample can be %ld tokens long (%d image(s) x (%d slots + 2) + "
-             "%d filler + %d prompt + answer + eos), more than the config's seq_length %d; %s",
-             path, *longest, max_img, slots, o->filler_max, SYN_PROMPT_LEN, c->seq_length, hint);
+    VLM_FAIL(
+        "synthetic dataset %s: a sample can be %ld tokens long (%d image(s) x (%d slots + 2) + "
+        "%d filler + %d prompt + answer + eos), more than the config's seq_length %d; %s",
+        path, *longest, max_img, slots, o->filler_max, SYN_PROMPT_LEN, c->seq_length, hint);
   }
   return 0;
 }
@@ -779,7 +842,8 @@ int dataset_make_synthetic_ex(const char *path, const monkey_config *c, long n_s
     }
     int f = o->filler_min + (int)rng_below(&r, o->filler_max - o->filler_min + 1);
     for (int s = 0; s < f; s++) tok[nt] = (int32_t)rng_below(&r, T), lab[nt++] = LABEL_IGNORE;
-    for (int s = 0; s < SYN_PROMPT_LEN; s++) tok[nt] = T + SYN_CLASSES + s, lab[nt++] = LABEL_IGNORE;
+    for (int s = 0; s < SYN_PROMPT_LEN; s++)
+      tok[nt] = T + SYN_CLASSES + s, lab[nt++] = LABEL_IGNORE;
     tok[nt] = T + k, lab[nt] = T + k, nt++;
     tok[nt] = c->eos_id, lab[nt] = c->eos_id, nt++;
   }
@@ -798,11 +862,15 @@ int dataset_make_synthetic_ex(const char *path, const monkey_config *c, long n_s
   writer_open = 1;
   VLM_CHECK_GOTO(dwriter_create(&w, path, S, n, nt, ni), out);
   hsize_t z1[1] = {0}, ct[1] = {(hsize_t)nt}, co[1] = {(hsize_t)n + 1};
-  VLM_CHECK_GOTO(dwriter_put(&w, w.tokens, "/samples/tokens", H5T_NATIVE_INT32, 1, z1, ct, tok), out);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.labels, "/samples/labels", H5T_NATIVE_INT32, 1, z1, ct, lab), out);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.offsets, "/samples/offsets", H5T_NATIVE_INT64, 1, z1, co, off), out);
-  VLM_CHECK_GOTO(dwriter_put(&w, w.image_offsets, "/samples/image_offsets", H5T_NATIVE_INT64, 1, z1,
-                             co, ioff), out);
+  VLM_CHECK_GOTO(dwriter_put(&w, w.tokens, "/samples/tokens", H5T_NATIVE_INT32, 1, z1, ct, tok),
+                 out);
+  VLM_CHECK_GOTO(dwriter_put(&w, w.labels, "/samples/labels", H5T_NATIVE_INT32, 1, z1, ct, lab),
+                 out);
+  VLM_CHECK_GOTO(dwriter_put(&w, w.offsets, "/samples/offsets", H5T_NATIVE_INT64, 1, z1, co, off),
+                 out);
+  VLM_CHECK_GOTO(
+      dwriter_put(&w, w.image_offsets, "/samples/image_offsets", H5T_NATIVE_INT64, 1, z1, co, ioff),
+      out);
   for (long j0 = 0; j0 < ni; j0 += block) {
     long nb = ni - j0 < block ? ni - j0 : block;
     for (long j = 0; j < nb; j++) {
@@ -811,7 +879,8 @@ int dataset_make_synthetic_ex(const char *path, const monkey_config *c, long n_s
       synth_image(px + (size_t)j * img_bytes, S, img_class[j0 + j], &r);
     }
     hsize_t p0[4] = {(hsize_t)j0, 0, 0, 0}, pn[4] = {(hsize_t)nb, (hsize_t)S, (hsize_t)S, 3};
-    VLM_CHECK_GOTO(dwriter_put(&w, w.pixels, "/images/pixels", H5T_NATIVE_UINT8, 4, p0, pn, px), out);
+    VLM_CHECK_GOTO(dwriter_put(&w, w.pixels, "/images/pixels", H5T_NATIVE_UINT8, 4, p0, pn, px),
+                   out);
   }
   VLM_CHECK_GOTO(dwriter_commit(&w, path), out);
   writer_open = 0;

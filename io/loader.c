@@ -44,8 +44,10 @@ int data_order_init(data_order *o, long n_samples, int shuffle, unsigned long se
 
 int data_order_seek(data_order *o, long epoch, long cursor) {
   if (epoch < 0 || cursor < 0 || cursor > o->n_samples)
-    VLM_FAIL("data order: cannot resume at epoch %ld, cursor %ld (expected epoch >= 0 and "
-             "0 <= cursor <= %ld samples)", epoch, cursor, o->n_samples);
+    VLM_FAIL(
+        "data order: cannot resume at epoch %ld, cursor %ld (expected epoch >= 0 and "
+        "0 <= cursor <= %ld samples)",
+        epoch, cursor, o->n_samples);
   o->epoch = epoch;
   o->cursor = cursor;
   build_epoch(o);

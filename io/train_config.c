@@ -32,8 +32,7 @@ typedef enum {
   K_BOOL,      /* int field, 0/1 */
   K_MUST_TRUE, /* DeepSpeed switch vlmtrain supports only as true */
   K_MUST_FALSE,/* DeepSpeed switch vlmtrain supports only as false */
-  K_SPECIAL,   /* converted by code below (strings, lists) */
-  K_UNUSED     /* DeepSpeed key vlmtrain does not use: warning, value ignored */
+  K_SPECIAL    /* converted by code below (strings, lists) */
 } key_kind;
 
 typedef struct {
@@ -65,8 +64,6 @@ static const key_spec KEYS[] = {
     {"optimizer.params.adam_w_mode", K_MUST_TRUE, 1, NOF, 0, 0},
     {"optimizer.params.bias_correction", K_MUST_TRUE, 1, NOF, 0, 0},
     {"optimizer.params.amsgrad", K_MUST_FALSE, 1, NOF, 0, 0},
-    {"optimizer.params.torch_adam", K_UNUSED, 1, NOF, 0, 0},
-    {"optimizer.params.fused", K_UNUSED, 1, NOF, 0, 0},
     {"scheduler", K_OBJ, 1, NOF, 0, 0},
     {"scheduler.type", K_SPECIAL, 1, NOF, 0, 0},
     {"scheduler.params", K_OBJ, 1, NOF, 0, 0},
@@ -74,10 +71,6 @@ static const key_spec KEYS[] = {
     {"scheduler.params.warmup_ratio", K_DOUBLE, 0, F(warmup_ratio), 0, 1},
     {"scheduler.params.total_num_steps", K_LONG, 1, F(total_steps), 1, BIG},
     {"scheduler.params.num_cycles", K_DOUBLE, 0, F(num_cycles), 1e-300, HUGE_VAL},
-    {"scheduler.params.warmup_min_lr", K_UNUSED, 1, NOF, 0, 0},
-    {"scheduler.params.warmup_max_lr", K_UNUSED, 1, NOF, 0, 0},
-    {"scheduler.params.warmup_type", K_UNUSED, 1, NOF, 0, 0},
-    {"scheduler.params.last_batch_iteration", K_UNUSED, 1, NOF, 0, 0},
     {"zero_optimization", K_OBJ, 1, NOF, 0, 0},
     {"zero_optimization.stage", K_INT, 1, F(zero_stage), 0, 3},
     {"zero_optimization.shard_size", K_LONG, 0, F(shard_size), 0, 1 << 30},
@@ -126,7 +119,9 @@ static const char *const DS_UNUSED[] = {
     "zero_optimization.mics_shard_size", "zero_optimization.mics_hierarchical_params_gather",
     "zero_optimization.memory_efficient_linear", "zero_optimization.use_multi_rank_bucket_allreduce",
     "zero_optimization.stage3_module_granularity_threshold",
-    "bf16.immediate_grad_update", "bf16.check_grad_overflow"};
+    "bf16.immediate_grad_update", "bf16.check_grad_overflow", "optimizer.params.torch_adam",
+    "optimizer.params.fused", "scheduler.params.warmup_min_lr", "scheduler.params.warmup_max_lr",
+    "scheduler.params.warmup_type", "scheduler.params.last_batch_iteration"};
 
 /* Keys of one element of "param_groups". */
 static const char *const GROUP_KEYS[] = {"name", "patterns", "lr", "lr_scale", "weight_decay"};
@@ -272,7 +267,7 @@ static int walk_keys(const cJSON *obj, const char *prefix, const char *what, unk
       continue;
     }
     const key_spec *s = find_spec(path);
-    if ((s && s->kind == K_UNUSED) || (!s && is_ds_unused(path))) {
+    if (!s && is_ds_unused(path)) {
       if (!is_auto(a))
         vlm_warn("%s: DeepSpeed key \"%s\" is not used by vlmtrain (ignored)\n", what, path);
       continue;
@@ -469,7 +464,6 @@ static int read_values(train_config *t, const cJSON *root, const char *what) {
     const key_spec *s = &KEYS[i];
     const cJSON *v = get_path(root, s->path);
     if (!v) continue;
-    if (s->kind == K_UNUSED) continue;
     if (s->kind == K_OBJ) {
       if (!cJSON_IsObject(v)) return type_error(what, s->path, "an object", v, 0);
       continue;

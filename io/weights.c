@@ -125,7 +125,7 @@ static void problem(problem_list *l, const char *dir, const char *fmt, ...) {
   if (l->count < W_LIST_MAX && vlm_rank() == 0)
     fprintf(stderr, "vlmtrain: %s: %s: %s\n", dir, l->kind, line);
   else if (l->count == W_LIST_MAX && vlm_rank() == 0)
-    fprintf(stderr, "vlmtrain: %s: %s: ... (more below the count)\n", dir, l->kind);
+    fprintf(stderr, "vlmtrain: %s: %s: ... (the rest are counted in the error below)\n", dir, l->kind);
   l->count++;
 }
 

@@ -51,9 +51,12 @@ static int synth(const char *config, const char *out, long n, unsigned long seed
 int main(int argc, char **argv) {
   if (argc >= 6 && argv[1][0] == 's')
     return synth(argv[2], argv[3], atol(argv[4]), strtoul(argv[5], NULL, 10),
-                 argc > 6 ? atoi(argv[6]) : 0) == 0 ? 0 : 1;
+                 argc > 6 ? atoi(argv[6]) : 0) == 0
+               ? 0
+               : 1;
   if (argc == 4 && argv[1][0] == 'c') return check(argv[2], argv[3]) == 0 ? 0 : 1;
-  fprintf(stderr, "usage: dataset_tool synth CONFIG OUT N SEED [MULTI_IMAGE_EVERY]\n"
-                  "       dataset_tool check CONFIG PATH\n");
+  fprintf(stderr,
+          "usage: dataset_tool synth CONFIG OUT N SEED [MULTI_IMAGE_EVERY]\n"
+          "       dataset_tool check CONFIG PATH\n");
   return 2;
 }

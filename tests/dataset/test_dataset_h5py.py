@@ -7,7 +7,8 @@ Usage: test_dataset_h5py.py DATASET_TOOL CONFIG.json   (run in VLM_TEST_WORK)
     documents, and the task is learnable: the answer token is the class of the
     first image's mean colour. A file written by h5py following the docs is
     accepted by the C reader.
-(c) Bad files written by h5py (with the docs' recipe, then edited) are each rejected with a message naming the problem.
+(c) Bad files written by h5py (with the docs' recipe, then edited) are each
+    rejected with a message naming the problem.
 Prints one line per check and ends with "N passed, M failed"."""
 import json
 import os
@@ -144,7 +145,8 @@ check("C reader accepts the synthetic file", run_tool("check", CONFIG, SYN)[0] =
 GOOD = "dataset_h5py_good.h5"
 write_dataset(GOOD, valid_samples())
 rc, out = run_tool("check", CONFIG, GOOD)
-check("C reader accepts a file written by the h5py recipe of docs/formats.md", rc == 0 and "3 samples" in out, out)
+check("C reader accepts a file written by the h5py recipe of docs/formats.md",
+      rc == 0 and "3 samples" in out, out)
 with h5py.File(GOOD, "a") as f:  # fixed-length string attribute, as numpy bytes write it
     del f.attrs["format"]
     f.attrs["format"] = np.bytes_(b"vlmtrain-dataset")
@@ -179,7 +181,8 @@ expect_rejected("wrong format attribute", bad("format", fmt="something-else"),
 expect_rejected("version 2", bad("version", version=2), "version", "2")
 p = edit(bad("image_size"), lambda f: f.attrs.__setitem__("image_size", S * 2))
 expect_rejected("image_size mismatch", p, "image_size", str(S * 2), str(S))
-expect_rejected("missing /samples/labels", edit(bad("labels"), lambda f: f.__delitem__("samples/labels")),
+expect_rejected("missing /samples/labels",
+                edit(bad("labels"), lambda f: f.__delitem__("samples/labels")),
                 "/samples/labels", "missing")
 
 

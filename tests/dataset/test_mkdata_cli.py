@@ -28,15 +28,22 @@ def check(name, ok, detail=""):
         print(f"FAIL {name}" + (f": {detail}" if detail else ""))
 
 
+# Under -DVLMTRAIN_SANITIZE=ON, LeakSanitizer reports Open MPI's own allocations from
+# MPI_Init/MPI_Finalize and exits 1 (losing buffered stdout), for every MPI program. Leaks
+# of the dataset code are checked by dataset_unit and dataset_tool, which do not start MPI.
+ENV = dict(os.environ)
+ENV["ASAN_OPTIONS"] = (ENV.get("ASAN_OPTIONS", "") + ":detect_leaks=0").lstrip(":")
+
+
 def mkdata(*args):
-    r = subprocess.run([VLMTRAIN, "mkdata", *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([VLMTRAIN, "mkdata", *args], capture_output=True, text=True, timeout=120,
+                       env=ENV)
     return r.returncode, r.stdout, r.stderr
 
 
 rc, out, err = mkdata("--help")
-if "--synthetic" not in out:
-    print("SKIP: `vlmtrain mkdata --help` does not print mkdata's help: app/main.c does not "
-          "dispatch to cmd_mkdata yet")
+if (rc == 0 and not out.strip() and not err.strip()) or "unknown command" in err:
+    print("SKIP: app/main.c does not dispatch `vlmtrain mkdata` to cmd_mkdata yet")
     sys.exit(77)
 
 defaults = {"--synthetic": None, "--config": "required", "--out": "required", "--samples": "256",

@@ -7,6 +7,7 @@
  * naming the key. Usage: test_config SOURCE_DIR (defaults to $VLM_SOURCE_DIR). */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -253,6 +254,26 @@ static void test_train_configs(void) {
             t.persistence_threshold == 100000,
         "HF Trainer ZeRO-3 ds_config with \"auto\" everywhere and stage3 tuning keys loads");
   train_config_free(&t);
+
+  /* every shipped training config (configs/train*.json) must load */
+  char dir[1100];
+  snprintf(dir, sizeof dir, "%s/configs", g_src);
+  DIR *dp = opendir(dir);
+  int n_train = 0, n_ok = 0;
+  for (struct dirent *de = dp ? readdir(dp) : NULL; de; de = readdir(dp)) {
+    size_t L = strlen(de->d_name);
+    if (strncmp(de->d_name, "train", 5) != 0 || L < 5 || strcmp(de->d_name + L - 5, ".json") != 0)
+      continue;
+    snprintf(path, sizeof path, "%.900s/%.250s", dir, de->d_name);
+    n_train++;
+    if (train_config_load(&t, path) == 0) n_ok++;
+    else printf("       %s: %s\n", de->d_name, vlm_last_error());
+    train_config_free(&t);
+  }
+  if (dp) closedir(dp);
+  char what[128];
+  snprintf(what, sizeof what, "every configs/train*.json loads (%d of %d)", n_ok, n_train);
+  check(n_ok == n_train, what);
 
   vlm_set_quiet_errors(1);
   EXPECT_ERROR(train_config_parse(&t, "{\"optimizer\": {\"params\": {\"lrr\": 1}}}", "train.json"),
