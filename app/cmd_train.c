@@ -154,6 +154,14 @@ int cmd_train(int argc, char **argv) {
     goto done;
   }
   const int B = t.micro_batch, GA = t.grad_accum;
+  const int replicas = 1; /* data-parallel replicas: one process for now */
+  if (t.train_batch_size > 0 && t.train_batch_size != (long)B * GA * replicas) {
+    vlm_error_at(__FILE__, __LINE__, __func__,
+                 "%s: train_batch_size %ld != train_micro_batch_size_per_gpu %d x "
+                 "gradient_accumulation_steps %d x %d replica(s)", o[2].value, t.train_batch_size,
+                 B, GA, replicas);
+    goto done;
+  }
   VLM_CHECK_GOTO(data_order_init(&order, d.n_samples, t.shuffle, (unsigned long)t.data_seed), done);
   const long max_tokens = (long)B * d.max_len, max_images = (long)B * d.max_images;
   VLM_CHECK_GOTO(model_create(&m, &c, &r, B, (int)max_tokens, (int)max_images, t.recompute_vit,

@@ -11,7 +11,7 @@
 
 static int g_quiet;
 static int g_rank;
-static char g_last_error[1024];
+static char g_last_error[4096];
 
 void vlm_set_quiet_errors(int quiet) { g_quiet = quiet; }
 const char *vlm_last_error(void) { return g_last_error; }

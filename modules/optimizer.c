@@ -30,10 +30,11 @@ void adamw_free(adamw_state *s) {
 }
 
 double schedule_factor(const train_config *t, long step) {
-  if (strcmp(t->sched_type, "constant") == 0) return 1.0;
   long total = t->total_steps > 0 ? t->total_steps : t->train_steps;
   long warmup = t->warmup_steps;
   if (warmup < 0 || (warmup == 0 && t->warmup_ratio > 0)) warmup = (long)ceil(t->warmup_ratio * total);
+  if (strcmp(t->sched_type, "constant") == 0) /* HF get_constant_schedule_with_warmup */
+    return step < warmup ? (double)step / (double)warmup : 1.0;
   return lr_cosine_with_warmup(step, warmup, total, t->num_cycles);
 }
 
