@@ -14,6 +14,6 @@ echo "== build (AddressSanitizer + UBSan) =="
 bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
 echo "== tests under AddressSanitizer + UBSan =="
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_odr_violation=0}"
-export LSAN_OPTIONS="suppressions=$here/tests/lsan.supp:print_suppressions=0"
+export LSAN_OPTIONS="suppressions=$here/tests/lsan.supp:print_suppressions=0:fast_unwind_on_malloc=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 (cd "$here/build-asan" && ctest --output-on-failure --timeout 1800)

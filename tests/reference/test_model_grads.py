@@ -218,6 +218,10 @@ def check_finite_differences(C):
 def read_dump(path):
     import h5py
     with h5py.File(path, "r") as f:
+        kinds = (f["loss"].dtype, f["loss"].shape, f["n_targets"].dtype, f["n_targets"].shape)
+        if kinds != (np.float64, (), np.int64, ()):
+            raise ValueError("%s: /loss must be a float64 scalar and /n_targets an int64 "
+                             "scalar, found %s" % (path, kinds))
         loss = float(f["loss"][()])
         n = int(f["n_targets"][()])
         grads = {k: f["grads"][k][...] for k in f["grads"].keys()} if "grads" in f else {}
@@ -299,8 +303,13 @@ def run_variant(C, dump_tool, variant, overrides, wd):
             if not C.check("%s: dump_grads ran" % tag, code == 0 and os.path.exists(out),
                            "rc %d (log %s.log)" % (code, out)):
                 continue
-            got[rc] = compare_run(C, tag, cfg, read_dump(out), ref_loss, n, ref_grads,
-                               m.scale_terms, preset)
+            try:
+                dump = read_dump(out)
+            except (ValueError, KeyError) as e:
+                C.check("%s: OUT.h5 layout" % tag, False, str(e))
+                continue
+            got[rc] = compare_run(C, tag, cfg, dump, ref_loss, n, ref_grads,
+                                  m.scale_terms, preset)
         if len(got) == 2:
             worst, names = 0.0, set(got[False]) & set(got[True])
             same_bits = all(np.array_equal(got[False][k], got[True][k]) for k in names)
