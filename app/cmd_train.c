@@ -6,6 +6,7 @@
  * the final weights to RUNDIR/final/ (HF layout). */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <mpi.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@
 #include "modules/model.h"
 #include "modules/optimizer.h"
 #include "modules/registry.h"
+#include "modules/zero.h"
 
 typedef struct {
   int32_t *tokens, *labels;
@@ -38,59 +40,86 @@ static int make_dir(const char *path) {
   return 0;
 }
 
-/* Reads the next micro-batch of B samples (in data order) into bb and b. */
-static int read_micro_batch(dataset *d, data_order *o, int B, batch_buffers *bb, mb_batch *b) {
-  const size_t img_bytes = (size_t)d->image_size * d->image_size * 3;
-  long t = 0, im = 0;
-  data_order_next(o, bb->idx, B);
-  for (int j = 0; j < B; j++) {
-    VLM_CHECK(dataset_read_sample(d, bb->idx[j], bb->tokens + t, bb->labels + t, &bb->len[j],
-                                  bb->pixels + im * img_bytes, &bb->n_img[j]));
-    t += bb->len[j];
-    im += bb->n_img[j];
+/* --audit: per group, how many parameters changed and by how much; frozen
+ * parameters must be bit-identical. Each global element is counted once: by
+ * the rank that would write it to a checkpoint (zero_io_range). */
+static int audit(zero_state *z, const float *before) {
+  const registry *r = z->reg;
+  const int ng = r->n_groups + 1; /* slot 0: frozen */
+  double *cnt = calloc((size_t)ng * 3, sizeof(double)), *mx = calloc((size_t)ng, sizeof(double));
+  if (!cnt || !mx) VLM_FAIL("out of memory");
+  for (int i = 0; i < r->n; i++) {
+    long lo, hi;
+    const float *b = zero_io_range(z, i, &lo, &hi);
+    if (!b) continue;
+    const float *a = before + z->sh[i].off;
+    int g = r->p[i].group + 1;
+    for (long k = 0; k < hi - lo; k++) {
+      double d = fabs((double)b[k] - (double)a[k]);
+      cnt[3 * g] += memcmp(&a[k], &b[k], sizeof(float)) != 0;
+      cnt[3 * g + 1] += 1;
+      cnt[3 * g + 2] += d;
+      if (d > mx[g]) mx[g] = d;
+    }
   }
-  b->n_samples = B;
-  b->len = bb->len;
-  b->n_img = bb->n_img;
-  b->tokens = bb->tokens;
-  b->labels = bb->labels;
-  b->pixels = bb->pixels;
+  MPI_Allreduce(MPI_IN_PLACE, cnt, ng * 3, MPI_DOUBLE, MPI_SUM, z->comm->world);
+  MPI_Allreduce(MPI_IN_PLACE, mx, ng, MPI_DOUBLE, MPI_MAX, z->comm->world);
+  vlm_log("audit: parameter changes since the start of the run\n");
+  for (int g = 0; g < ng; g++) {
+    if (g == 0)
+      vlm_log("  %-14s %14.0f of %14.0f elements changed%s\n", "frozen", cnt[0], cnt[1],
+              cnt[0] > 0 ? "  <-- ERROR: frozen parameters must not change" : " (bit-identical)");
+    else
+      vlm_log("  %-14s %14.0f of %14.0f elements changed, max |delta| %.3e, mean |delta| %.3e\n",
+              r->groups[g - 1].name, cnt[3 * g], cnt[3 * g + 1], mx[g],
+              cnt[3 * g + 1] > 0 ? cnt[3 * g + 2] / cnt[3 * g + 1] : 0.0);
+  }
+  double frozen_changed = cnt[0];
+  free(cnt);
+  free(mx);
+  if (frozen_changed > 0) VLM_FAIL("audit: %.0f frozen parameter elements changed", frozen_changed);
   return 0;
 }
 
-/* --audit: per group, how many parameters changed and by how much; frozen
- * parameters must be bit-identical. */
-static int audit(const registry *r, const float *before) {
-  long frozen_changed = 0, frozen_total = 0;
-  vlm_log("audit: parameter changes since the start of the run\n");
-  for (int g = -1; g < r->n_groups; g++) {
-    long changed = 0, total = 0;
-    double max_abs = 0, sum_abs = 0;
-    for (int i = 0; i < r->n; i++) {
-      const param_info *p = &r->p[i];
-      if (p->group != g) continue;
-      const float *a = before + p->offset, *b = r->params + p->offset;
-      for (long k = 0; k < p->numel; k++) {
-        double dlt = fabs((double)b[k] - (double)a[k]);
-        if (memcmp(&a[k], &b[k], sizeof(float)) != 0) changed++;
-        if (dlt > max_abs) max_abs = dlt;
-        sum_abs += dlt;
-      }
-      total += p->numel;
-    }
-    if (g < 0) {
-      frozen_changed = changed;
-      frozen_total = total;
-      vlm_log("  %-14s %14ld of %14ld elements changed%s\n", "frozen", changed, total,
-              changed ? "  <-- ERROR: frozen parameters must not change" : " (bit-identical)");
-    } else {
-      vlm_log("  %-14s %14ld of %14ld elements changed, max |delta| %.3e, mean |delta| %.3e\n",
-              r->groups[g].name, changed, total, max_abs, total ? sum_abs / total : 0.0);
-    }
+/* Seconds per phase of the run on this rank (the PETSc -log_view idea). */
+enum { PH_COMPUTE, PH_GATHER, PH_REDUCE, PH_OPTIMIZER, PH_IO, PH_N };
+static const char *PHASE_NAMES[PH_N] = {"compute", "exposed gather", "exposed reduce", "optimizer", "I/O"};
+
+/* Prints the end-of-run table (min/max across ranks) and writes it as JSON. */
+static void phase_table(const vlm_comms *c, const double *ph, const zero_stats *st, long steps,
+                        FILE *summary) {
+  double mn[PH_N], mx[PH_N], sum[PH_N];
+  MPI_Allreduce(ph, mn, PH_N, MPI_DOUBLE, MPI_MIN, c->world);
+  MPI_Allreduce(ph, mx, PH_N, MPI_DOUBLE, MPI_MAX, c->world);
+  MPI_Allreduce(ph, sum, PH_N, MPI_DOUBLE, MPI_SUM, c->world);
+  double b[3] = {st->bytes_allgather, st->bytes_reduce_scatter, st->bytes_allreduce};
+  double bmin[3], bmax[3];
+  MPI_Allreduce(b, bmin, 3, MPI_DOUBLE, MPI_MIN, c->world);
+  MPI_Allreduce(b, bmax, 3, MPI_DOUBLE, MPI_MAX, c->world);
+  double total = 0;
+  for (int k = 0; k < PH_N; k++) total += sum[k] / c->size;
+  vlm_log("\nphase            time min (s)   time max (s)   %% of run (mean)   [%d ranks: %d replica(s) x %d shard(s)]\n",
+          c->size, c->R, c->S);
+  for (int k = 0; k < PH_N; k++)
+    vlm_log("%-16s %12.3f   %12.3f   %14.1f\n", PHASE_NAMES[k], mn[k], mx[k],
+            total > 0 ? 100.0 * sum[k] / c->size / total : 0.0);
+  static const char *coll[3] = {"allgather", "reduce-scatter", "allreduce"};
+  vlm_log("collective       bytes/step min   bytes/step max   calls (rank 0)\n");
+  const long calls[3] = {st->n_allgather, st->n_reduce_scatter, st->n_allreduce};
+  for (int k = 0; k < 3; k++)
+    vlm_log("%-16s %14.0f   %14.0f   %8ld\n", coll[k], bmin[k] / steps, bmax[k] / steps, calls[k]);
+  if (summary) {
+    fprintf(summary, "{\"ranks\": %d, \"replicas\": %d, \"shard\": %d, \"steps\": %ld, \"phases\": {", c->size,
+            c->R, c->S, steps);
+    for (int k = 0; k < PH_N; k++)
+      fprintf(summary, "%s\"%s\": {\"min\": %.6g, \"max\": %.6g}", k ? ", " : "", PHASE_NAMES[k],
+              mn[k], mx[k]);
+    fprintf(summary, "}, \"bytes_per_step\": {");
+    for (int k = 0; k < 3; k++)
+      fprintf(summary, "%s\"%s\": {\"min\": %.6g, \"max\": %.6g}", k ? ", " : "", coll[k],
+              bmin[k] / steps, bmax[k] / steps);
+    fprintf(summary, "}}\n");
   }
-  (void)frozen_total;
-  if (frozen_changed) VLM_FAIL("audit: %ld frozen parameter elements changed", frozen_changed);
-  return 0;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -122,9 +151,14 @@ int cmd_train(int argc, char **argv) {
   }
   if (t.bf16) vlm_warn("bf16.enabled is set: the CPU path computes in fp32\n");
 
-  /* everything below owns resources: failures jump to done */
+  /* everything below owns resources: failures jump to done. Failures that
+   * can differ between ranks (data) are agreed on with an all-reduce first. */
   int ok = 0;
+  vlm_comms comms = {0};
+  int comms_made = 0;
   registry r = {0};
+  zero_state z = {0};
+  int z_made = 0;
   dataset d = {0};
   int d_open = 0;
   data_order order = {0};
@@ -132,9 +166,12 @@ int cmd_train(int argc, char **argv) {
   int m_made = 0;
   adamw_state opt_state = {0};
   batch_buffers bb = {0};
+  long *all_idx = NULL;
   float *before = NULL;
-  FILE *metrics = NULL;
+  FILE *metrics = NULL, *summary = NULL;
 
+  VLM_CHECK_GOTO(comms_init(&comms, MPI_COMM_WORLD, t.shard_size), done);
+  comms_made = 1;
   VLM_CHECK_GOTO(registry_build(&r, &c), done);
   VLM_CHECK_GOTO(registry_select(&r, &t), done);
   VLM_CHECK_GOTO(registry_alloc(&r), done);
@@ -144,6 +181,12 @@ int cmd_train(int argc, char **argv) {
           "upstream: lora_a Kaiming-uniform, lora_b 0, lora_scale 1)\n",
           model_dir, ws.n_loaded, ws.n_files, ws.n_lora_init);
   registry_print_summary(&r, &c);
+  VLM_CHECK_GOTO(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters,
+                           t.replicate_frozen), done);
+  z_made = 1;
+  vlm_free(r.params); /* the shards now hold the parameters */
+  vlm_free(r.grads);
+  r.params = r.grads = NULL;
 
   VLM_CHECK_GOTO(dataset_open(&d, data_path, &c), done);
   d_open = 1;
@@ -153,97 +196,180 @@ int cmd_train(int argc, char **argv) {
                  d.max_len, c.seq_length);
     goto done;
   }
-  const int B = t.micro_batch, GA = t.grad_accum;
-  const int replicas = 1; /* data-parallel replicas: one process for now */
-  if (t.train_batch_size > 0 && t.train_batch_size != (long)B * GA * replicas) {
+  /* The global batch is fixed by the config: train_batch_size when given
+   * (DeepSpeed: micro x accumulation x ranks), else micro x accumulation x ranks.
+   * Each micro-step's global micro-batch is split over all ranks. */
+  const int GA = t.grad_accum, W = comms.size;
+  long G = (long)t.micro_batch * W;
+  if (t.train_batch_size > 0) {
+    if (t.train_batch_size % GA != 0) {
+      vlm_error_at(__FILE__, __LINE__, __func__,
+                   "%s: train_batch_size %ld is not a multiple of gradient_accumulation_steps %d",
+                   o[2].value, t.train_batch_size, GA);
+      goto done;
+    }
+    G = t.train_batch_size / GA;
+  }
+  if (G < W) {
     vlm_error_at(__FILE__, __LINE__, __func__,
-                 "%s: train_batch_size %ld != train_micro_batch_size_per_gpu %d x "
-                 "gradient_accumulation_steps %d x %d replica(s)", o[2].value, t.train_batch_size,
-                 B, GA, replicas);
+                 "%s: the global micro-batch has %ld samples but there are %d ranks: every rank "
+                 "needs at least one (raise train_batch_size)", o[2].value, G, W);
     goto done;
   }
+  const long my_lo = comms.rank * G / W, my_hi = (comms.rank + 1) * G / W;
+  const int B = (int)(my_hi - my_lo), Bmax = (int)((G + W - 1) / W);
   VLM_CHECK_GOTO(data_order_init(&order, d.n_samples, t.shuffle, (unsigned long)t.data_seed), done);
-  const long max_tokens = (long)B * d.max_len, max_images = (long)B * d.max_images;
-  VLM_CHECK_GOTO(model_create(&m, &c, &r, B, (int)max_tokens, (int)max_images, t.recompute_vit,
+  const long max_tokens = (long)Bmax * d.max_len, max_images = (long)Bmax * d.max_images;
+  VLM_CHECK_GOTO(model_create(&m, &c, &z, Bmax, (int)max_tokens, (int)max_images, t.recompute_vit,
                               t.recompute_llm), done);
   m_made = 1;
-  VLM_CHECK_GOTO(adamw_init(&opt_state, &r, &t), done);
+  VLM_CHECK_GOTO(adamw_init(&opt_state, &z, &t), done);
   const size_t img_bytes = (size_t)d.image_size * d.image_size * 3;
   bb.tokens = vlm_alloc((size_t)max_tokens * sizeof(int32_t), "batch tokens");
   bb.labels = vlm_alloc((size_t)max_tokens * sizeof(int32_t), "batch labels");
   bb.pixels = vlm_alloc((size_t)(max_images > 0 ? max_images : 1) * img_bytes, "batch pixels");
-  bb.len = vlm_alloc((size_t)B * sizeof(int), "batch lengths");
-  bb.n_img = vlm_alloc((size_t)B * sizeof(int), "batch image counts");
-  bb.idx = vlm_alloc((size_t)B * sizeof(long), "batch indices");
-  if (!bb.tokens || !bb.labels || !bb.pixels || !bb.len || !bb.n_img || !bb.idx) goto done;
+  bb.len = vlm_alloc((size_t)Bmax * sizeof(int), "batch lengths");
+  bb.n_img = vlm_alloc((size_t)Bmax * sizeof(int), "batch image counts");
+  bb.idx = vlm_alloc((size_t)Bmax * sizeof(long), "batch indices");
+  all_idx = vlm_alloc((size_t)G * sizeof(long), "global batch indices");
+  if (!bb.tokens || !bb.labels || !bb.pixels || !bb.len || !bb.n_img || !bb.idx || !all_idx) goto done;
   if (do_audit) {
-    before = vlm_alloc((size_t)r.n_params * sizeof(float), "audit copy of the parameters");
+    before = vlm_alloc((size_t)(z.n_local > 0 ? z.n_local : 1) * sizeof(float), "audit copy");
     if (!before) goto done;
-    memcpy(before, r.params, (size_t)r.n_params * sizeof(float));
+    memcpy(before, z.params, (size_t)z.n_local * sizeof(float));
   }
-  VLM_CHECK_GOTO(make_dir(out_dir), done);
-  snprintf(path, sizeof path, "%s/metrics.jsonl", out_dir);
-  metrics = fopen(path, "w");
-  if (!metrics) {
-    vlm_error_at(__FILE__, __LINE__, __func__, "cannot write %s: %s", path, strerror(errno));
-    goto done;
+  int open_ok = 1;
+  if (comms.rank == 0) {
+    open_ok = make_dir(out_dir) == 0;
+    snprintf(path, sizeof path, "%s/metrics.jsonl", out_dir);
+    if (open_ok && !(metrics = fopen(path, "w"))) {
+      vlm_error_at(__FILE__, __LINE__, __func__, "cannot write %s: %s", path, strerror(errno));
+      open_ok = 0;
+    }
   }
-  vlm_log("data: %s: %ld samples, %ld tokens, %ld images; micro-batch %d x %d accumulation = %d "
-          "samples per step; %ld steps; %d threads; recompute vit %s, llm %s\n",
-          data_path, d.n_samples, d.n_tokens, d.n_images, B, GA, B * GA, t.train_steps,
-          omp_get_max_threads(), t.recompute_vit ? "on" : "off", t.recompute_llm ? "on" : "off");
+  MPI_Allreduce(MPI_IN_PLACE, &open_ok, 1, MPI_INT, MPI_MIN, comms.world);
+  if (!open_ok) goto done;
+  vlm_log("data: %s: %ld samples, %ld tokens, %ld images; global batch %ld = %ld per micro-step x "
+          "%d accumulation; %d rank(s) = %d replica(s) x %d shard rank(s), %d..%d samples per "
+          "rank; %ld steps; %d threads per rank; recompute vit %s, llm %s\n",
+          data_path, d.n_samples, d.n_tokens, d.n_images, G * GA, G, GA, W, comms.R, comms.S,
+          (int)(G / W), Bmax, t.train_steps, omp_get_max_threads(), t.recompute_vit ? "on" : "off",
+          t.recompute_llm ? "on" : "off");
 
+  double ph[PH_N] = {0};
+  zero_reset_stats(&z);
   const double t_start = vlm_now();
   for (long step = 0; step < t.train_steps; step++) {
     const double t0 = vlm_now();
-    memset(r.grads, 0, (size_t)r.n_trainable * sizeof(float));
-    double step_loss = 0.0, flops = 0.0;
-    long tokens = 0, targets = 0;
+    zero_stats st0;
+    zero_get_stats(&z, &st0);
+    double t_io = 0, t_opt = 0;
+    memset(z.grads, 0, (size_t)z.n_local_grad * sizeof(float));
+    double loss_part = 0.0, flops = 0.0;
+    long counts[2] = {0, 0}; /* tokens, targets */
     for (int mb = 0; mb < GA; mb++) {
-      mb_batch b;
-      VLM_CHECK_GOTO(read_micro_batch(&d, &order, B, &bb, &b), done);
-      double loss = 0.0;
+      const double ti = vlm_now();
+      data_order_next(&order, all_idx, (int)G);
+      int read_ok = 1;
+      long t_off = 0, i_off = 0;
+      for (int j = 0; j < B && read_ok; j++) {
+        bb.idx[j] = all_idx[my_lo + j];
+        read_ok = dataset_read_sample(&d, bb.idx[j], bb.tokens + t_off, bb.labels + t_off,
+                                      &bb.len[j], bb.pixels + i_off * img_bytes, &bb.n_img[j]) == 0;
+        if (read_ok) {
+          t_off += bb.len[j];
+          i_off += bb.n_img[j];
+        }
+      }
+      MPI_Allreduce(MPI_IN_PLACE, &read_ok, 1, MPI_INT, MPI_MIN, comms.world);
+      if (!read_ok) goto done;
+      mb_batch b = {.n_samples = B, .len = bb.len, .n_img = bb.n_img, .tokens = bb.tokens,
+                    .labels = bb.labels, .pixels = bb.pixels};
+      long tgt = mb_count_targets(&b);
+      MPI_Allreduce(MPI_IN_PLACE, &tgt, 1, MPI_LONG, MPI_SUM, comms.world);
+      t_io += vlm_now() - ti;
+      const float scale = tgt > 0 ? (float)(1.0 / ((double)tgt * GA)) : 0.0f;
+      double lsum = 0.0;
       long n_tgt = 0;
-      VLM_CHECK_GOTO(model_forward_backward(&m, &b, 1.0f / (float)GA, &loss, &n_tgt), done);
-      step_loss += loss / GA;
-      targets += n_tgt;
+      VLM_CHECK_GOTO(model_forward_backward(&m, &b, scale, &lsum, &n_tgt), done);
+      if (tgt > 0) loss_part += lsum / (double)tgt / GA;
+      counts[1] += n_tgt;
       flops += m.flops;
-      for (int j = 0; j < B; j++) tokens += b.len[j];
+      for (int j = 0; j < B; j++) counts[0] += b.len[j];
     }
-    const double norm = grad_global_norm(&r);
+    zero_reduce_grads(&z);
+    double red[2] = {loss_part, flops};
+    MPI_Allreduce(MPI_IN_PLACE, red, 2, MPI_DOUBLE, MPI_SUM, comms.world);
+    MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG, MPI_SUM, comms.world);
+    const double step_loss = red[0];
+    const double norm = grad_global_norm(&z);
     if (!isfinite(norm) || !isfinite(step_loss)) {
       vlm_error_at(__FILE__, __LINE__, __func__,
                    "step %ld: loss %g, gradient norm %g: training diverged (lower the learning "
                    "rate or enable gradient_clipping)", step + 1, step_loss, norm);
       goto done;
     }
-    grad_clip(&r, norm, t.grad_clip);
+    const double to = vlm_now();
+    grad_clip(&z, norm, t.grad_clip);
     const double factor = schedule_factor(&t, step);
-    adamw_apply(&opt_state, &r, factor);
-    const double dt = vlm_now() - t0;
+    adamw_apply(&opt_state, &z, factor);
+    t_opt = vlm_now() - to;
+    double dt = vlm_now() - t0;
+    MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, comms.world);
+    zero_stats st1;
+    zero_get_stats(&z, &st1);
+    const double t_gather = st1.t_gather_wait - st0.t_gather_wait, t_red = st1.t_reduce - st0.t_reduce;
+    ph[PH_GATHER] += t_gather;
+    ph[PH_REDUCE] += t_red;
+    ph[PH_OPTIMIZER] += t_opt;
+    ph[PH_IO] += t_io;
+    ph[PH_COMPUTE] += dt - t_gather - t_red - t_opt - t_io;
     const double lr = t.lr * factor;
-    fprintf(metrics,
-            "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": "
-            "%.6g, \"gflops\": %.6g, \"step_time\": %.6g, \"tokens\": %ld, \"targets\": %ld}\n",
-            step + 1, step_loss, lr, norm, tokens / dt, flops / dt * 1e-9, dt, tokens, targets);
-    fflush(metrics);
+    if (metrics) {
+      fprintf(metrics,
+              "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": "
+              "%.6g, \"gflops\": %.6g, \"step_time\": %.6g, \"tokens\": %ld, \"targets\": %ld, "
+              "\"t_gather\": %.6g, \"t_reduce\": %.6g, \"t_optimizer\": %.6g, \"t_io\": %.6g, "
+              "\"bytes_allgather\": %.6g, \"bytes_reduce_scatter\": %.6g, \"bytes_allreduce\": %.6g}\n",
+              step + 1, step_loss, lr, norm, counts[0] / dt, red[1] / dt * 1e-9, dt, counts[0],
+              counts[1], t_gather, t_red, t_opt, t_io, st1.bytes_allgather - st0.bytes_allgather,
+              st1.bytes_reduce_scatter - st0.bytes_reduce_scatter,
+              st1.bytes_allreduce - st0.bytes_allreduce);
+      fflush(metrics);
+    }
     if (t.steps_per_print > 0 && ((step + 1) % t.steps_per_print == 0 || step + 1 == t.train_steps))
       vlm_log("step %5ld/%ld | loss %8.4f | lr %.3e | grad_norm %8.4f | %7.0f tok/s | %6.1f "
               "GFLOP/s | %.3f s\n",
-              step + 1, t.train_steps, step_loss, lr, norm, tokens / dt, flops / dt * 1e-9, dt);
+              step + 1, t.train_steps, step_loss, lr, norm, counts[0] / dt, red[1] / dt * 1e-9, dt);
   }
   vlm_log("trained %ld steps in %.1f s\n", t.train_steps, vlm_now() - t_start);
-  snprintf(path, sizeof path, "%s/final", out_dir);
-  char cfg_path[4096];
-  snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model_dir);
-  VLM_CHECK_GOTO(weights_save_hf_dir(&r, path, cfg_path), done);
-  vlm_log("final weights: %s/model.safetensors\n", path);
-  if (do_audit) VLM_CHECK_GOTO(audit(&r, before), done);
+  if (comms.rank == 0) {
+    snprintf(path, sizeof path, "%s/summary.json", out_dir);
+    summary = fopen(path, "w");
+  }
+  zero_stats st;
+  zero_get_stats(&z, &st);
+  phase_table(&comms, ph, &st, t.train_steps, summary);
+  const double tw = vlm_now();
+  VLM_CHECK_GOTO(zero_gather_to_root(&z), done);
+  int save_ok = 1;
+  if (comms.rank == 0) {
+    snprintf(path, sizeof path, "%s/final", out_dir);
+    char cfg_path[4096];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model_dir);
+    save_ok = weights_save_hf_dir(&r, path, cfg_path) == 0;
+    if (save_ok) vlm_log("final weights: %s/model.safetensors (%.1f s)\n", path, vlm_now() - tw);
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &save_ok, 1, MPI_INT, MPI_MIN, comms.world);
+  if (!save_ok) goto done;
+  if (do_audit) VLM_CHECK_GOTO(audit(&z, before), done);
   ok = 1;
 
 done:
   if (metrics) fclose(metrics);
+  if (summary) fclose(summary);
   vlm_free(before);
+  vlm_free(all_idx);
   vlm_free(bb.tokens);
   vlm_free(bb.labels);
   vlm_free(bb.pixels);
@@ -254,7 +380,13 @@ done:
   if (m_made) model_free(&m);
   data_order_free(&order);
   if (d_open) dataset_close(&d);
+  if (z_made) zero_free(&z);
   registry_free(&r);
+  if (comms_made) comms_free(&comms);
   train_config_free(&t);
+  int world_size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+  if (!ok && world_size > 1) /* a failure on some ranks must not leave the others waiting */
+    MPI_Abort(MPI_COMM_WORLD, 1);
   return ok ? 0 : -1;
 }

@@ -1,10 +1,13 @@
 # benchmarks/peak.py: the machine's fp32 compute ceiling for bench_train_step.py.
 #
-# Two numbers, both for a given thread count:
+# Three numbers, all for a given thread count:
 #   - the theoretical peak, cores x clock x fp32 FLOP/cycle/core, with the cores
 #     and the clock read from /proc/cpuinfo (the clock is the 'cpu MHz' the kernel
 #     or the hypervisor reports, not a measured boost clock) and FLOP/cycle from
 #     the vector ISA and the microarchitecture (table in flop_per_cycle());
+#   - a cross-check of both factors by clock_probe.c (compiled here with cc): the
+#     clock the cores really run at and the FMA FLOP/cycle they really sustain,
+#     and the same peak at that measured clock;
 #   - the achievable rate of one large fp32 matrix product (sgemm), timed with
 #     torch.mm and with numpy.dot on the same threads.
 # Also names the BLAS libraries a process has mapped (/proc/self/maps), which is
@@ -143,6 +146,33 @@ def theoretical_peak(facts, threads, fpc_override=None, mhz_override=None):
             "text": "\n".join(lines)}
 
 
+def measured_clock(threads):
+    """Compiles and runs clock_probe.c on `threads` OpenMP threads. Returns
+    {'clock_mhz_mean', 'clock_mhz_min', 'fma_lanes', 'fma_gflops_total',
+    'fma_flop_per_cycle', 'threads'} or {'error': why} (no compiler, not x86...)."""
+    import shutil
+    import tempfile
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clock_probe.c")
+    cc = os.environ.get("CC", "cc")
+    if not shutil.which(cc):
+        return {"error": "no C compiler (%s) to build clock_probe.c" % cc}
+    with tempfile.TemporaryDirectory(prefix="vlm-clock-") as d:
+        exe = os.path.join(d, "clock_probe")
+        r = subprocess.run([cc, "-O2", "-march=native", "-fopenmp", "-o", exe, src],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            return {"error": "building clock_probe.c failed: " + r.stderr.strip()[-300:]}
+        env = dict(os.environ, OMP_NUM_THREADS=str(int(threads)), OMP_PROC_BIND="spread")
+        r = subprocess.run([exe], capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            return {"error": "clock_probe failed: " + r.stderr.strip()[-300:]}
+    out = {}
+    for line in r.stdout.splitlines():
+        k, v = line.split()
+        out[k] = float(v)
+    return out
+
+
 def mapped_blas():
     """Shared libraries of this process that do linear algebra or threading
     (real paths, from /proc/self/maps)."""
@@ -172,7 +202,7 @@ def _rates(fn, flops, reps):
             "best_gflops": flops / times[0] * 1e-9, "reps": reps}
 
 
-def sgemm_rates(n=2048, threads=1, reps=5):
+def sgemm_rates(n=2048, threads=1, reps=7):
     """{'torch': {...}, 'numpy': {...}}: fp32 n x n x n products, 2 n^3 FLOP each.
     numpy's thread count is whatever its BLAS read from the environment at load
     (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS): the caller sets it before import."""
@@ -199,8 +229,17 @@ def main():
     ap.add_argument("--flop-per-cycle", type=float, default=None)
     ap.add_argument("--clock-mhz", type=float, default=None)
     a = ap.parse_args()
-    pk = theoretical_peak(cpu_facts(), a.threads, a.flop_per_cycle, a.clock_mhz)
+    facts = cpu_facts()
+    pk = theoretical_peak(facts, a.threads, a.flop_per_cycle, a.clock_mhz)
     print(pk["text"])
+    mc = measured_clock(a.threads)
+    if "error" in mc:
+        print("clock probe: " + mc["error"])
+    else:
+        print("clock probe: %.0f MHz measured (min over threads %.0f), %.2f fp32 FLOP/cycle/core "
+              "sustained by %d-lane FMAs -> peak at the measured clock %.1f GFLOP/s" % (
+                  mc["clock_mhz_mean"], mc["clock_mhz_min"], mc["fma_flop_per_cycle"],
+                  mc["fma_lanes"], pk["cores_used"] * mc["clock_mhz_mean"] * 1e-3 * pk["fpc"]))
     s = sgemm_rates(a.n, a.threads)
     for k in ("torch", "numpy"):
         print("sgemm %d^3 via %s: median %.1f GFLOP/s, best %.1f (%.0f%% of peak)" % (

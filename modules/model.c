@@ -14,22 +14,58 @@
 
 /* ---- set-up ------------------------------------------------------------ */
 
-static int resolve(const model *m, wp *out, int optional, const char *fmt, ...) {
+static int resolve(model *m, wp *out, int optional, const char *fmt, ...) {
   char name[REG_NAME_LEN];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(name, sizeof name, fmt, ap);
   va_end(ap);
-  int i = registry_find(m->reg, name);
-  if (i < 0) {
-    out->w = NULL;
-    out->g = NULL;
+  out->w = NULL;
+  out->g = NULL;
+  out->idx = registry_find(m->reg, name);
+  if (out->idx < 0) {
     if (optional) return 0;
     VLM_FAIL("model: parameter \"%s\" is not in the registry", name);
   }
-  out->w = registry_param(m->reg, i);
-  out->g = registry_grad(m->reg, i);
+  m->slots[m->n_slots] = out;
+  m->slot_mod[m->n_slots] = m->reg->p[out->idx].module;
+  m->n_slots++;
   return 0;
+}
+
+/* Is this parameter trainable? (its gradient pointer is bound only during backward) */
+static int tr(const model *m, const wp *w) { return w->idx >= 0 && m->reg->p[w->idx].trainable; }
+
+static int module_id(const model *m, const char *fmt, int arg) {
+  char name[64];
+  snprintf(name, sizeof name, fmt, arg);
+  for (int k = 0; k < m->reg->n_modules; k++)
+    if (strcmp(m->reg->modules[k].name, name) == 0) return k;
+  return -1;
+}
+
+/* Points module k's parameters (and gradients, inside its backward) at the
+ * gathered data. */
+static void bind(model *m, int k) {
+  for (int i = 0; i < m->n_slots; i++)
+    if (m->slot_mod[i] == k) {
+      m->slots[i]->w = zero_full(m->z, m->slots[i]->idx);
+      m->slots[i]->g = zero_full_grad(m->z, m->slots[i]->idx);
+    }
+}
+
+static void acquire(model *m, int k, int next, int grads) {
+  zero_fetch(m->z, k);
+  if (grads) zero_grad_begin(m->z, k);
+  bind(m, k);
+  zero_prefetch(m->z, next);
+}
+
+static void release(model *m, int k, int grads) {
+  if (grads) zero_grad_end(m->z, k);
+  zero_release(m->z, k);
+  for (int i = 0; i < m->n_slots; i++)
+    if (m->slot_mod[i] == k) m->slots[i]->g = NULL;
 }
 
 static int resolve_all(model *m) {
@@ -40,7 +76,8 @@ static int resolve_all(model *m) {
   VLM_CHECK(resolve(m, &m->ln_pre_w, 0, "%s.ln_pre.weight", vit));
   VLM_CHECK(resolve(m, &m->ln_pre_b, 0, "%s.ln_pre.bias", vit));
   m->vit_lowest = v->layers;
-  if (m->conv1.g || m->pos.g || m->ln_pre_w.g || m->ln_pre_b.g) m->vit_lowest = -1;
+  if (tr(m, &m->conv1) || tr(m, &m->pos) || tr(m, &m->ln_pre_w) || tr(m, &m->ln_pre_b))
+    m->vit_lowest = -1;
   for (int L = 0; L < v->layers; L++) {
     vit_block_w *b = &m->vb[L];
     char p[96];
@@ -68,7 +105,7 @@ static int resolve_all(model *m) {
       VLM_CHECK(resolve(m, &b->lora_mlp_b[k], 0, "%s.mlp_lora.%d.lora_b.weight", p, k));
       VLM_CHECK(resolve(m, &b->lora_mlp_s[k], 0, "%s.mlp_lora.%d.lora_scale", p, k));
     }
-    const module_info *mod = &m->reg->modules[1 + L]; /* module 0 is the ViT stem */
+    const module_info *mod = &m->reg->modules[m->mod_vit0 + L];
     for (int i = mod->first; i < mod->first + mod->count; i++)
       if (m->reg->p[i].trainable) b->needs_grad = 1;
     if (b->needs_grad && m->vit_lowest > L) m->vit_lowest = L;
@@ -93,7 +130,7 @@ static int resolve_all(model *m) {
                      &m->r_out_b, &m->ln_q_w, &m->ln_q_b, &m->ln_kv_w, &m->ln_kv_b,
                      &m->ln_post_w, &m->ln_post_b, &m->proj};
   for (size_t i = 0; i < sizeof vis / sizeof vis[0]; i++)
-    if (vis[i]->g) m->vit_needs_grad = 1;
+    if (tr(m, vis[i])) m->vit_needs_grad = 1;
 
   VLM_CHECK(resolve(m, &m->wte, 0, "transformer.wte.weight"));
   for (int L = 0; L < m->cfg->num_hidden_layers; L++) {
@@ -187,7 +224,7 @@ static void carve(model *m, arena *a) {
   m->r_o = TAKEF(a, NQ * E);
   m->post_mean = TAKEF(a, NQ);
   m->post_rstd = TAKEF(a, NQ);
-  m->z = TAKEF(a, NQ * E);
+  m->zpost = TAKEF(a, NQ * E);
   m->feat = TAKEF(a, NQ * E);
 
   m->pos_ids = TAKEI(a, T);
@@ -250,11 +287,12 @@ static void carve(model *m, arena *a) {
 
 static void *g_arena_base; /* one model per process */
 
-int model_create(model *m, const monkey_config *c, registry *r, int max_samples, int max_tokens,
+int model_create(model *m, const monkey_config *c, zero_state *z, int max_samples, int max_tokens,
                  int max_images, int recompute_vit, int recompute_llm) {
   memset(m, 0, sizeof *m);
   m->cfg = c;
-  m->reg = r;
+  m->z = z;
+  m->reg = z->reg;
   m->max_samples = max_samples < 1 ? 1 : max_samples;
   m->max_tokens = max_tokens < 2 ? 2 : max_tokens;
   m->max_images = max_images < 1 ? 1 : max_images;
@@ -271,10 +309,21 @@ int model_create(model *m, const monkey_config *c, registry *r, int max_samples,
   m->llm_in = calloc((size_t)c->num_hidden_layers + 1, sizeof *m->llm_in);
   m->va = calloc((size_t)c->visual.layers, sizeof *m->va);
   m->la = calloc((size_t)c->num_hidden_layers, sizeof *m->la);
-  if (!m->vb || !m->lb || !m->vit_in || !m->llm_in || !m->va || !m->la) {
+  m->slots = calloc((size_t)m->reg->n, sizeof *m->slots);
+  m->slot_mod = calloc((size_t)m->reg->n, sizeof *m->slot_mod);
+  if (!m->vb || !m->lb || !m->vit_in || !m->llm_in || !m->va || !m->la || !m->slots || !m->slot_mod) {
     model_free(m);
     VLM_FAIL("model: out of memory");
   }
+  m->mod_stem = module_id(m, "vit.stem", 0);
+  m->mod_vit0 = module_id(m, "vit.block.%d", 0);
+  m->mod_res = module_id(m, "resampler", 0);
+  m->mod_embed = module_id(m, "llm.embed", 0);
+  m->mod_llm0 = module_id(m, "llm.block.%d", 0);
+  m->mod_head = module_id(m, "llm.head", 0);
+  if (m->mod_stem < 0 || m->mod_vit0 < 0 || m->mod_res < 0 || m->mod_embed < 0 ||
+      m->mod_llm0 < 0 || m->mod_head < 0)
+    VLM_FAIL("model: the registry's modules are not the Monkey layout");
   VLM_CHECK(resolve_all(m));
   arena a = {0};
   carve(m, &a); /* sizing pass */
@@ -300,6 +349,8 @@ void model_free(model *m) {
   free(m->llm_in);
   free(m->va);
   free(m->la);
+  free(m->slots);
+  free(m->slot_mod);
   memset(m, 0, sizeof *m);
 }
 
@@ -349,28 +400,51 @@ static int prepare(model *m, const mb_batch *b, int *n_images_out) {
   return 0;
 }
 
-int model_forward_backward(model *m, const mb_batch *b, float grad_scale, double *loss,
+long mb_count_targets(const mb_batch *b) {
+  long n = 0, t = 0;
+  for (int s = 0; s < b->n_samples; s++) {
+    for (int i = 1; i < b->len[s]; i++) n += b->labels[t + i] != -100;
+    t += b->len[s];
+  }
+  return n;
+}
+
+/* The order of modules is the same on every rank whatever its data (ranks with
+ * no image or no target still gather and reduce with the others); only the
+ * compute is skipped. Each acquire prefetches the module that comes next. */
+int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double *loss_sum,
                            long *n_targets) {
   const monkey_config *c = m->cfg;
   const visual_config *v = &c->visual;
   const int H = c->hidden_size, V = c->vocab_size, W = v->width;
-  const int nv = v->n_windows + 1, NP = v->n_patches;
+  const int nv = v->n_windows + 1, NP = v->n_patches, VL = v->layers, LL = c->num_hidden_layers;
   const float eps = (float)c->layer_norm_epsilon;
   int n_img = 0;
   VLM_CHECK(prepare(m, b, &n_img));
   const int T = m->seq_start[b->n_samples], n_seq = b->n_samples, n_views = n_img * nv;
+  const int need_dx0 = tr(m, &m->wte) || m->vit_needs_grad;
+  const int vit_bwd_stop = m->vit_lowest < 0 ? 0 : m->vit_lowest; /* lowest block with a backward */
   m->flops = 0;
 
   /* ---- forward: images ---- */
+  acquire(m, m->mod_stem, m->mod_vit0, 0);
   if (n_img > 0) {
     vit_load_pixels(m, b->pixels, n_img);
     vit_stem_forward(m, n_img);
-    for (int L = 0; L < v->layers; L++)
+  }
+  release(m, m->mod_stem, 0);
+  for (int L = 0; L < VL; L++) {
+    acquire(m, m->mod_vit0 + L, L + 1 < VL ? m->mod_vit0 + L + 1 : m->mod_res, 0);
+    if (n_img > 0)
       vit_block_forward(m, L, &m->va[m->recompute_vit ? 0 : L], m->vit_in[L + 1], m->vit_in[L],
                         n_views, 1);
-    resampler_forward(m, n_views);
+    release(m, m->mod_vit0 + L, 0);
   }
+  acquire(m, m->mod_res, m->mod_embed, 0);
+  if (n_img > 0) resampler_forward(m, n_views);
+  release(m, m->mod_res, 0);
   /* ---- forward: embeddings with the image features spliced in ---- */
+  acquire(m, m->mod_embed, m->mod_llm0, 0);
   float *x = m->llm_in[0];
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < T; t++) {
@@ -378,13 +452,17 @@ int model_forward_backward(model *m, const mb_batch *b, float grad_scale, double
                                            : m->wte.w + (size_t)b->tokens[t] * H;
     memcpy(x + (size_t)t * H, src, (size_t)H * sizeof(float));
   }
-  for (int L = 0; L < c->num_hidden_layers; L++)
+  release(m, m->mod_embed, 0);
+  for (int L = 0; L < LL; L++) {
+    acquire(m, m->mod_llm0 + L, L + 1 < LL ? m->mod_llm0 + L + 1 : m->mod_head, 0);
     llm_block_forward(m, L, &m->la[m->recompute_llm ? 0 : L], m->llm_in[L + 1], m->llm_in[L], T,
                       n_seq, 1);
-  const float *xL = m->llm_in[c->num_hidden_layers];
+    release(m, m->mod_llm0 + L, 0);
+  }
+  /* ---- head: loss on the positions that have a target, and its backward ---- */
+  acquire(m, m->mod_head, m->mod_llm0 + LL - 1, 1);
+  const float *xL = m->llm_in[LL];
   rmsnorm_forward(m->xf, m->f_rstd, xL, m->ln_f.w, T, H, eps);
-
-  /* ---- loss on the positions that have a target (logits t predict label t+1) ---- */
   int Mv = 0;
   for (int s = 0; s < n_seq; s++)
     for (int t = m->seq_start[s]; t < m->seq_start[s + 1] - 1; t++)
@@ -396,71 +474,84 @@ int model_forward_backward(model *m, const mb_batch *b, float grad_scale, double
         m->sel_tgt[Mv] = b->labels[t + 1];
         Mv++;
       }
-  *n_targets = Mv;
-  *loss = 0.0;
-  if (Mv == 0) return 0;
   for (int i = 0; i < Mv; i++)
     memcpy(m->hsel + (size_t)i * H, m->xf + (size_t)m->sel_rows[i] * H, (size_t)H * sizeof(float));
   zero(m->dhsel, (long)Mv * H);
-  double loss_sum = 0.0;
+  double lsum = 0.0;
   for (int i0 = 0; i0 < Mv; i0 += m->logit_rows) {
     int n = Mv - i0 < m->logit_rows ? Mv - i0 : m->logit_rows, nvalid = 0;
     lin_fwd(m, 1, m->logits, m->hsel + (size_t)i0 * H, m->lm_head, NULL, n, H, V);
-    loss_sum += cross_entropy_forward_backward(m->logits, m->logits, m->sel_tgt + i0, n, V,
-                                               grad_scale / (float)Mv, &nvalid);
+    lsum += cross_entropy_forward_backward(m->logits, m->logits, m->sel_tgt + i0, n, V, loss_scale,
+                                           &nvalid);
     lin_bwd(m, m->dhsel + (size_t)i0 * H, m->lm_head, NULL, m->logits, m->hsel + (size_t)i0 * H, n,
             H, V);
   }
-  *loss = loss_sum / Mv;
-
-  /* ---- backward: LLM ---- */
+  *loss_sum = lsum;
+  *n_targets = Mv;
   float *dy = m->d_res, *dx = m->d_next;
   zero(m->d_small, (long)T * H);
   for (int i = 0; i < Mv; i++)
     memcpy(m->d_small + (size_t)m->sel_rows[i] * H, m->dhsel + (size_t)i * H, (size_t)H * sizeof(float));
   zero(dy, (long)T * H);
   rmsnorm_backward(dy, m->ln_f.g, m->d_small, xL, m->ln_f.w, m->f_rstd, T, H);
-  const int need_dx0 = m->wte.g || (n_img > 0 && m->vit_needs_grad);
-  for (int L = c->num_hidden_layers - 1; L >= 0; L--) {
+  release(m, m->mod_head, 1);
+
+  /* ---- backward: LLM ---- */
+  for (int L = LL - 1; L >= 0; L--) {
+    int next = L > 0 ? m->mod_llm0 + L - 1 : (need_dx0 ? m->mod_embed : -1);
+    acquire(m, m->mod_llm0 + L, next, 1);
     llm_acts *A = &m->la[m->recompute_llm ? 0 : L];
     if (m->recompute_llm) llm_block_forward(m, L, A, m->llm_in[L + 1], m->llm_in[L], T, n_seq, 0);
     int want_dx = L > 0 || need_dx0;
     if (want_dx) zero(dx, (long)T * H);
     llm_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->llm_in[L], T, n_seq);
+    release(m, m->mod_llm0 + L, 1);
     float *tmp = dy;
     dy = dx;
     dx = tmp;
   }
   if (!need_dx0) return 0;
-  /* dy now holds d(embeddings): to wte rows, or to the image features */
+  /* dy holds d(embeddings): to wte rows, or to the image features */
+  acquire(m, m->mod_embed, m->vit_needs_grad ? m->mod_res : -1, 1);
   if (n_img > 0) zero(m->d_feat, (long)n_views * v->n_queries * H);
   for (int t = 0; t < T; t++) {
     const float *g = dy + (size_t)t * H;
-    float *dst = m->slot_row[t] >= 0 ? (n_img > 0 ? m->d_feat + (size_t)m->slot_row[t] * H : NULL)
+    float *dst = m->slot_row[t] >= 0 ? m->d_feat + (size_t)m->slot_row[t] * H
                                      : (m->wte.g ? m->wte.g + (size_t)b->tokens[t] * H : NULL);
     if (dst)
       for (int k = 0; k < H; k++) dst[k] += g[k];
   }
-  if (n_img == 0 || !m->vit_needs_grad) return 0;
+  release(m, m->mod_embed, 1);
+  if (!m->vit_needs_grad) return 0;
 
   /* ---- backward: resampler and ViT ---- */
-  resampler_backward(m, n_views);
-  if (m->vit_lowest >= v->layers) return 0;
+  acquire(m, m->mod_res, m->vit_lowest < VL ? m->mod_vit0 + VL - 1 : -1, 1);
+  if (n_img > 0) resampler_backward(m, n_views);
+  release(m, m->mod_res, 1);
+  if (m->vit_lowest >= VL) return 0;
   const long NW = (long)n_views * NP * W;
   dy = m->d_res;
   dx = m->d_next;
-  memcpy(dy, m->d_vit, (size_t)NW * sizeof(float));
-  int lowest = m->vit_lowest < 0 ? 0 : m->vit_lowest;
-  for (int L = v->layers - 1; L >= lowest; L--) {
-    vit_acts *A = &m->va[m->recompute_vit ? 0 : L];
-    if (m->recompute_vit) vit_block_forward(m, L, A, m->vit_in[L + 1], m->vit_in[L], n_views, 0);
-    int want_dx = L > m->vit_lowest;
-    if (want_dx) zero(dx, NW);
-    vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_views);
+  if (n_img > 0) memcpy(dy, m->d_vit, (size_t)NW * sizeof(float));
+  for (int L = VL - 1; L >= vit_bwd_stop; L--) {
+    int next = L > vit_bwd_stop ? m->mod_vit0 + L - 1 : (m->vit_lowest < 0 ? m->mod_stem : -1);
+    acquire(m, m->mod_vit0 + L, next, 1);
+    if (n_img > 0) {
+      vit_acts *A = &m->va[m->recompute_vit ? 0 : L];
+      if (m->recompute_vit) vit_block_forward(m, L, A, m->vit_in[L + 1], m->vit_in[L], n_views, 0);
+      int want_dx = L > m->vit_lowest;
+      if (want_dx) zero(dx, NW);
+      vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_views);
+    }
+    release(m, m->mod_vit0 + L, 1);
     float *tmp = dy;
     dy = dx;
     dx = tmp;
   }
-  if (m->vit_lowest < 0) vit_stem_backward(m, dy, n_img);
+  if (m->vit_lowest < 0) {
+    acquire(m, m->mod_stem, -1, 1);
+    if (n_img > 0) vit_stem_backward(m, dy, n_img);
+    release(m, m->mod_stem, 1);
+  }
   return 0;
 }

@@ -15,6 +15,7 @@
 
 #include "io/config.h"
 #include "modules/registry.h"
+#include "modules/zero.h"
 
 /* One micro-batch. tokens/labels: all samples concatenated (sum of len).
  * pixels: the images of all samples in order, each S x S x 3 RGB uint8. */
@@ -27,10 +28,13 @@ typedef struct {
   const uint8_t *pixels;
 } mb_batch;
 
-/* Weight and gradient pointers of one ViT block (gradient NULL = frozen). */
+/* A parameter as the model sees it: its registry index, and the full-size
+ * data and gradient pointers bound while its module is gathered (gradient
+ * NULL when frozen or outside the module's backward). */
 typedef struct {
   const float *w;
   float *g;
+  int idx; /* -1: absent (kv_proj when width == output_dim) */
 } wp;
 
 typedef struct {
@@ -57,6 +61,10 @@ typedef struct {
 typedef struct {
   const monkey_config *cfg;
   registry *reg;
+  zero_state *z;     /* where parameters live; gathered module by module */
+  wp **slots;        /* every wp of the model, and the module each belongs to */
+  int *slot_mod, n_slots;
+  int mod_stem, mod_vit0, mod_res, mod_embed, mod_llm0, mod_head;
   int max_samples, max_tokens, max_images;
   int recompute_vit, recompute_llm;
   int nthreads;
@@ -84,7 +92,7 @@ typedef struct {
   vit_acts *va;      /* [layers] or [1] with recompute */
   /* resampler */
   float *kv, *kv_mean, *kv_rstd, *kvn, *pe_k, *keys, *qn, *q_mean, *q_rstd, *q_in, *Q, *K, *V;
-  float *r_ctx, *r_lse, *r_o, *post_mean, *post_rstd, *z, *feat;
+  float *r_ctx, *r_lse, *r_o, *post_mean, *post_rstd, *zpost, *feat;
   /* ---- LLM activations (T = max_tokens) ---- */
   int *pos_ids;      /* [T] position of each token inside its sample */
   int *seq_start;    /* [max_samples + 1] */
@@ -112,16 +120,23 @@ typedef struct {
 
 /* Sizes every buffer for micro-batches of at most max_samples samples,
  * max_tokens tokens in all and max_images images in all. */
-int model_create(model *m, const monkey_config *c, registry *r, int max_samples, int max_tokens,
+int model_create(model *m, const monkey_config *c, zero_state *z, int max_samples, int max_tokens,
                  int max_images, int recompute_vit, int recompute_llm);
 void model_free(model *m);
 
-/* Forward and backward of one micro-batch: gradients of trainable parameters
- * are ACCUMULATED into the registry's grads, scaled by grad_scale (e.g.
- * 1/gradient_accumulation_steps). Returns the micro-batch mean loss over its
- * targets in *loss and the number of targets in *n_targets (a micro-batch with
- * no target contributes loss 0 and no gradient). */
-int model_forward_backward(model *m, const mb_batch *b, float grad_scale, double *loss,
+/* Number of targets (labels that some logit predicts: label t+1 != -100) of a
+ * micro-batch, known before the forward so that ranks can agree on the
+ * normaliser. */
+long mb_count_targets(const mb_batch *b);
+
+/* Forward and backward of one micro-batch: the gradient of
+ * loss_scale * (sum of the token losses) is ACCUMULATED into this rank's
+ * gradient shards (zero_state.grads). For the mean loss of a global batch the
+ * caller passes loss_scale = 1 / (targets of the whole global micro-batch *
+ * gradient_accumulation_steps). Returns the sum of the token losses and the
+ * number of targets of this micro-batch. Every rank of a shard group must call
+ * it the same number of times (it gathers collectively), even with no target. */
+int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double *loss_sum,
                            long *n_targets);
 
 #endif

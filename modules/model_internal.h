@@ -14,6 +14,7 @@ static inline void lin_fwd(model *m, int count, float *out, const float *in, wp 
                            int N, int K, int O) {
   linear_forward(out, in, W.w, b, N, K, O);
   if (count) m->flops += 2.0 * N * K * O;
+  zero_progress(m->z); /* drive a prefetch in flight (no MPI progress thread) */
 }
 
 static inline void lin_bwd(model *m, float *din, wp W, float *db, const float *dout,
@@ -21,6 +22,7 @@ static inline void lin_bwd(model *m, float *din, wp W, float *db, const float *d
   if (!din && !W.g && !db) return;
   linear_backward(din, W.g, db, dout, in, W.w, N, K, O);
   m->flops += 2.0 * N * K * O * ((din != NULL) + (W.g != NULL));
+  zero_progress(m->z);
 }
 
 static inline double attn_flops(const attn_shape *s) {

@@ -7,9 +7,9 @@
 #include "common/vlm.h"
 #include "kernels/kernels.h"
 
-int adamw_init(adamw_state *s, const registry *r, const train_config *t) {
+int adamw_init(adamw_state *s, const zero_state *z, const train_config *t) {
   memset(s, 0, sizeof *s);
-  s->n = r->n_trainable;
+  s->n = z->n_local_grad;
   s->beta1 = t->beta1;
   s->beta2 = t->beta2;
   s->eps = t->eps;
@@ -18,7 +18,7 @@ int adamw_init(adamw_state *s, const registry *r, const train_config *t) {
   s->v = vlm_alloc((size_t)s->n * sizeof(float), "AdamW second moments");
   if (!s->m || !s->v) {
     adamw_free(s);
-    VLM_FAIL("cannot allocate AdamW state for %ld parameters", r->n_trainable);
+    VLM_FAIL("cannot allocate AdamW state for %ld parameters", s->n);
   }
   return 0;
 }
@@ -38,24 +38,28 @@ double schedule_factor(const train_config *t, long step) {
   return lr_cosine_with_warmup(step, warmup, total, t->num_cycles);
 }
 
-double grad_global_norm(const registry *r) {
-  return r->n_trainable ? sqrt(sum_squares(r->grads, r->n_trainable)) : 0.0;
-}
+double grad_global_norm(const zero_state *z) { return sqrt(zero_grad_norm_sq(z)); }
 
-void grad_clip(registry *r, double norm, double max_norm) {
-  if (max_norm <= 0 || r->n_trainable == 0) return;
+void grad_clip(zero_state *z, double norm, double max_norm) {
+  if (max_norm <= 0 || z->n_local_grad == 0) return;
   double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) scale_inplace(r->grads, r->n_trainable, (float)coef);
+  if (coef < 1.0) scale_inplace(z->grads, z->n_local_grad, (float)coef);
 }
 
-void adamw_apply(adamw_state *s, registry *r, double factor) {
+void adamw_apply(adamw_state *s, zero_state *z, double factor) {
+  const registry *r = z->reg;
   s->step++;
   for (int i = 0; i < r->n; i++) {
     const param_info *p = &r->p[i];
     if (!p->trainable) continue;
-    const param_group *g = &r->groups[p->group];
-    adamw_step(registry_param(r, i), registry_grad(r, i), s->m + p->grad_offset,
-               s->v + p->grad_offset, p->numel, (float)(g->lr * factor), (float)s->beta1,
-               (float)s->beta2, (float)s->eps, (float)g->weight_decay, s->step);
+    long lo, hi;
+    float *w = zero_local_range(z, i, &lo, &hi);
+    float *g = zero_local_grad_range(z, z->grads, i, &lo, &hi);
+    float *m1 = zero_local_grad_range(z, s->m, i, &lo, &hi);
+    float *m2 = zero_local_grad_range(z, s->v, i, &lo, &hi);
+    if (hi <= lo) continue;
+    const param_group *gr = &r->groups[p->group];
+    adamw_step(w, g, m1, m2, hi - lo, (float)(gr->lr * factor), (float)s->beta1, (float)s->beta2,
+               (float)s->eps, (float)gr->weight_decay, s->step);
   }
 }

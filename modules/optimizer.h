@@ -1,12 +1,13 @@
 /* modules/optimizer.h: AdamW over the trainable parameters, with per-group
  * learning rate and weight decay, global-norm clipping and the learning-rate
- * schedule. The moments are two flat buffers laid out like the gradients
- * (registry grad_offset), so sharding them later is a range. */
+ * schedule. It works on this rank's shards only (modules/zero.h): the moments
+ * are two flat buffers laid out like the local gradient shards. */
 #ifndef VLM_MODULES_OPTIMIZER_H
 #define VLM_MODULES_OPTIMIZER_H
 
 #include "io/train_config.h"
 #include "modules/registry.h"
+#include "modules/zero.h"
 
 typedef struct {
   float *m, *v; /* [n_trainable] each */
@@ -15,18 +16,19 @@ typedef struct {
   double beta1, beta2, eps;
 } adamw_state;
 
-int adamw_init(adamw_state *s, const registry *r, const train_config *t);
+int adamw_init(adamw_state *s, const zero_state *z, const train_config *t);
 void adamw_free(adamw_state *s);
 
 /* Learning-rate multiplier of the schedule at 0-based optimizer step `step`. */
 double schedule_factor(const train_config *t, long step);
 
-/* sqrt of the sum of squares of all gradients (before clipping). */
-double grad_global_norm(const registry *r);
+/* Global gradient norm across all shards (before clipping; same on every rank). */
+double grad_global_norm(const zero_state *z);
 /* Scales the gradients so their norm is at most max_norm (HF/torch
  * clip_grad_norm_: coefficient max_norm / (norm + 1e-6) when below 1). */
-void grad_clip(registry *r, double norm, double max_norm);
-/* One AdamW step of every trainable parameter: lr = group lr * factor. */
-void adamw_apply(adamw_state *s, registry *r, double factor);
+void grad_clip(zero_state *z, double norm, double max_norm);
+/* One AdamW step of this rank's part of every trainable parameter:
+ * lr = group lr * factor, the group's weight decay. */
+void adamw_apply(adamw_state *s, zero_state *z, double factor);
 
 #endif

@@ -139,7 +139,7 @@ int registry_build(registry *r, const monkey_config *c) {
   add(&b, PARAM_BIAS, 1, E, 0, 0, 0, "%s.ln_q.bias", ap);
   add(&b, PARAM_LN_WEIGHT, 1, E, 0, 0, 0, "%s.ln_kv.weight", ap);
   add(&b, PARAM_BIAS, 1, E, 0, 0, 0, "%s.ln_kv.bias", ap);
-  begin_module(&b, "vit.post");
+  /* ln_post and proj run right after the resampler: same module (one gather) */
   add(&b, PARAM_LN_WEIGHT, 1, E, 0, 0, 0, "%s.ln_post.weight", vit);
   add(&b, PARAM_BIAS, 1, E, 0, 0, 0, "%s.ln_post.bias", vit);
   add(&b, PARAM_WEIGHT, 2, E, E, 0, 0, "%s.proj", vit);

@@ -3,7 +3,8 @@
  * second flat buffer. Built from the model config alone.
  *
  * Parameters are laid out module by module (ViT stem, each ViT block with its
- * LoRA adapters, resampler, post, embedding, each LLM block, final norm, head),
+ * LoRA adapters, resampler with ln_post and proj, embedding, each LLM block,
+ * final norm with the head),
  * so that a module is one contiguous range: the unit ZeRO-3 gathers. Trainable
  * parameters are chosen by ordered glob rules over names; each trainable
  * parameter belongs to one parameter group (own lr and weight decay). */

@@ -19,7 +19,7 @@ static attn_shape resampler_shape(const model *m) {
 }
 
 static wp rows_of(wp w, long offset) {
-  wp r = {w.w + offset, w.g ? w.g + offset : NULL};
+  wp r = {w.w + offset, w.g ? w.g + offset : NULL, w.idx};
   return r;
 }
 
@@ -58,9 +58,9 @@ void resampler_forward(model *m, int n_views) {
                       m->attn_scratch + (size_t)omp_get_thread_num() * m->attn_scratch_per_thread);
   m->flops += n_views * attn_flops(&s);
   lin_fwd(m, 1, m->r_o, m->r_ctx, m->r_out_w, m->r_out_b.w, NQ, E, E);
-  layernorm_forward(m->z, m->post_mean, m->post_rstd, m->r_o, m->ln_post_w.w, m->ln_post_b.w, NQ, E,
+  layernorm_forward(m->zpost, m->post_mean, m->post_rstd, m->r_o, m->ln_post_w.w, m->ln_post_b.w, NQ, E,
                     1e-6f);
-  matmul_forward(m->feat, m->z, m->proj.w, NQ, E, E);
+  matmul_forward(m->feat, m->zpost, m->proj.w, NQ, E, E);
   m->flops += 2.0 * NQ * E * E;
 }
 
@@ -75,7 +75,7 @@ void resampler_backward(model *m, int n_views) {
 
   /* feat = z @ proj; z = ln_post(o); o = out_proj(ctx) */
   zero(m->d_z, (long)NQ * E);
-  matmul_backward(m->d_z, m->proj.g, m->d_feat, m->z, m->proj.w, NQ, E, E);
+  matmul_backward(m->d_z, m->proj.g, m->d_feat, m->zpost, m->proj.w, NQ, E, E);
   m->flops += 2.0 * NQ * E * E * (1 + (m->proj.g != NULL));
   zero(m->d_o, (long)NQ * E);
   layernorm_backward(m->d_o, m->ln_post_w.g, m->ln_post_b.g, m->d_z, m->r_o, m->ln_post_w.w,

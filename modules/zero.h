@@ -55,6 +55,52 @@ struct zero_state {
   void *impl;           /* gather buffers, requests, accounting (zero.c) */
 };
 
+/* Lays out this rank's storage (params copied from reg->params when it is
+ * allocated, e.g. after loading weights on every rank) and the gather buffers.
+ * threshold: stage3_param_persistence_threshold; max_live:
+ * stage3_max_live_parameters (bounds the gathered elements alive at once). */
+int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long max_live,
+              int replicate_frozen);
+void zero_free(zero_state *z);
+
+/* ---- on-demand gathering (called by the model around each module) ---- */
+/* Makes module k's full parameters available (waits for a prefetch, or gathers
+ * now) and returns; zero_full(z, i) then points at parameter i's full data. */
+void zero_fetch(zero_state *z, int k);
+/* Starts gathering module k without waiting (if the live bound allows). */
+void zero_prefetch(zero_state *z, int k);
+/* Frees module k's gathered copy. */
+void zero_release(zero_state *z, int k);
+/* Drives outstanding non-blocking collectives (Open MPI has no progress thread). */
+void zero_progress(zero_state *z);
+/* Full-size pointers of parameter i: data (valid while its module is fetched)
+ * and gradient (valid between grad_begin and grad_end; NULL when frozen). */
+const float *zero_full(const zero_state *z, int i);
+float *zero_full_grad(const zero_state *z, int i);
+/* Backward of module k: zeroes its full-size gradient workspace ... */
+void zero_grad_begin(zero_state *z, int k);
+/* ... and reduce-scatters it (sum) into this rank's gradient shards. */
+void zero_grad_end(zero_state *z, int k);
+
+/* ---- optimizer step support ---- */
+/* Sums the gradient shards across replicas and the replicated gradients
+ * across the world (call once per optimizer step, after the last micro-batch). */
+void zero_reduce_grads(zero_state *z);
+/* Squared global norm of all gradients (each element counted once). */
+double zero_grad_norm_sq(const zero_state *z);
+/* Gathers every parameter's full data into reg->params on world rank 0
+ * (allocating it there); other ranks take part and get nothing. */
+int zero_gather_to_root(zero_state *z);
+
+/* ---- accounting ---- */
+typedef struct {
+  double bytes_allgather, bytes_reduce_scatter, bytes_allreduce; /* sent+received by this rank */
+  double t_gather_wait, t_reduce; /* seconds blocked */
+  long n_allgather, n_reduce_scatter, n_allreduce;
+} zero_stats;
+void zero_get_stats(const zero_state *z, zero_stats *st);
+void zero_reset_stats(zero_state *z);
+
 /* The range of tensor idx that this rank must WRITE when saving (each global
  * element is written by exactly one rank of the world: replica 0, and for a
  * replicated tensor shard rank 0 only); empty range (lo == hi) if none. Returns

@@ -8,7 +8,11 @@ PACKAGES=(
   libhdf5-openmpi-dev hdf5-tools              # parallel HDF5 (+ h5dump)
   libopenblas-openmp-dev                      # BLAS, OpenMP build (no nested oversubscription)
   libcjson-dev                                # JSON
+  libpcre2-dev                                # regex (tokenizer pre-tokenisation)
+  libpng-dev libjpeg62-turbo-dev              # image decoding (mkdata --json)
+  python3-venv                                # venv for the tokenizer test's tiktoken (PyPI)
   python3-torch python3-numpy python3-h5py    # reference numerics for tests and benchmarks
+  python3-pil python3-regex                   # mkdata --json tests: PIL resize, Qwen regex
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -19,6 +19,7 @@
 #include "io/weights.h"
 #include "modules/model.h"
 #include "modules/registry.h"
+#include "modules/zero.h"
 
 static int write_scalar(hid_t f, const char *name, hid_t type, const void *v) {
   hid_t sp = H5Screate(H5S_SCALAR);
@@ -58,13 +59,18 @@ static int run(int argc, char **argv) {
     t_off += len[j];
     i_off += nimg[j];
   }
+  vlm_comms comms;
+  VLM_CHECK(comms_init(&comms, MPI_COMM_SELF, 1));
+  zero_state z;
+  VLM_CHECK(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters, 0));
   model m;
-  VLM_CHECK(model_create(&m, &c, &r, B, (int)t_off, (int)(i_off > 0 ? i_off : 1), t.recompute_vit,
+  VLM_CHECK(model_create(&m, &c, &z, B, (int)t_off, (int)(i_off > 0 ? i_off : 1), t.recompute_vit,
                          t.recompute_llm));
   mb_batch b = {.n_samples = B, .len = len, .n_img = nimg, .tokens = tok, .labels = lab, .pixels = pix};
+  long want = mb_count_targets(&b), n_tgt = 0;
   double loss = 0;
-  long n_tgt = 0;
-  VLM_CHECK(model_forward_backward(&m, &b, 1.0f, &loss, &n_tgt));
+  VLM_CHECK(model_forward_backward(&m, &b, want > 0 ? 1.0f / (float)want : 0.0f, &loss, &n_tgt));
+  if (n_tgt > 0) loss /= (double)n_tgt;
   hid_t f = H5Fcreate(argv[4], H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   if (f < 0) VLM_FAIL("cannot create %s", argv[4]);
   VLM_CHECK(write_scalar(f, "/loss", H5T_NATIVE_DOUBLE, &loss));
@@ -78,7 +84,9 @@ static int run(int argc, char **argv) {
     for (int k = 0; k < p->ndim; k++) dims[k] = (hsize_t)p->shape[k];
     hid_t sp = H5Screate_simple(p->ndim, dims, NULL);
     hid_t ds = H5Dcreate2(g, p->name, H5T_NATIVE_FLOAT, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, registry_grad(&r, i)) < 0)
+    long lo, hi;
+    const float *grad = zero_local_grad_range(&z, z.grads, i, &lo, &hi);
+    if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, grad) < 0)
       VLM_FAIL("cannot write /grads/%s", p->name);
     H5Dclose(ds);
     H5Sclose(sp);
@@ -88,6 +96,8 @@ static int run(int argc, char **argv) {
   printf("dump_grads: loss %.9g over %ld targets, %ld trainable elements, %.3f GFLOP\n", loss, n_tgt,
          r.n_trainable, m.flops * 1e-9);
   model_free(&m);
+  zero_free(&z);
+  comms_free(&comms);
   dataset_close(&d);
   registry_free(&r);
   train_config_free(&t);

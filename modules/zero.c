@@ -1,0 +1,492 @@
+/* modules/zero.c: ZeRO-3 over MPI (see modules/zero.h): the replica x shard
+ * grid, the per-rank storage of parameter and gradient shards, the coalesced
+ * per-module gathers (blocking or prefetched), the gradient reduce-scatter and
+ * the cross-replica reduction, with byte and wait-time accounting.
+ *
+ * Local storage, per module k, in registry order:
+ *   params: [chunks of k's sharded params][k's replicated params]
+ *   grads:  [chunks of every module's sharded trainable params] then
+ *           [every replicated trainable param]
+ * so a module's gather sends one contiguous range, and the cross-replica
+ * reduction is two contiguous all-reduces. */
+#include "modules/zero.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/vlm.h"
+#include "kernels/kernels.h"
+
+typedef struct {
+  int n_mod;
+  long *mod_full, *mod_pack, *mod_pack_off, *mod_gpack, *mod_gpack_off;
+  long max_full, max_pack, max_gpack;
+  long shard_grad_n, repl_grad_off, repl_grad_n;
+  float **full, **full_g;
+  int n_slots;
+  float **slot;
+  int *slot_mod, *mod_slot, *mod_state; /* state: 0 absent, 1 in flight, 2 ready */
+  float *stage, *gwork, *gsend, *grecv;
+  MPI_Request req;
+  int req_mod;
+  zero_stats st;
+} zimpl;
+
+#define IMPL(z) ((zimpl *)(z)->impl)
+
+/* ---- communicators ----------------------------------------------------- */
+
+int comms_init(vlm_comms *c, MPI_Comm world, long shard_size) {
+  memset(c, 0, sizeof *c);
+  MPI_Comm_dup(world, &c->world);
+  MPI_Comm_rank(c->world, &c->rank);
+  MPI_Comm_size(c->world, &c->size);
+  MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
+  MPI_Comm_rank(c->node, &c->local_rank);
+  MPI_Comm_size(c->node, &c->local_size);
+  long S = shard_size > 0 ? shard_size : c->local_size;
+  long smin = S, smax = S;
+  MPI_Allreduce(MPI_IN_PLACE, &smin, 1, MPI_LONG, MPI_MIN, c->world);
+  MPI_Allreduce(MPI_IN_PLACE, &smax, 1, MPI_LONG, MPI_MAX, c->world);
+  if (smin != smax)
+    VLM_FAIL("zero_optimization.shard_size is not set and nodes hold different numbers of ranks "
+             "(%ld..%ld): set shard_size explicitly", smin, smax);
+  if (S > c->size || c->size % S != 0)
+    VLM_FAIL("world size %d is not a multiple of the shard group size %ld "
+             "(zero_optimization.shard_size): use %ld x k ranks or another shard_size",
+             c->size, S, S);
+  c->S = (int)S;
+  c->R = c->size / c->S;
+  c->r = c->rank / c->S;
+  c->s = c->rank % c->S;
+  MPI_Comm_split(c->world, c->r, c->s, &c->shard);
+  MPI_Comm_split(c->world, c->s, c->r, &c->replica);
+  return 0;
+}
+
+void comms_free(vlm_comms *c) {
+  if (c->shard != MPI_COMM_NULL && c->shard) MPI_Comm_free(&c->shard);
+  if (c->replica != MPI_COMM_NULL && c->replica) MPI_Comm_free(&c->replica);
+  if (c->node != MPI_COMM_NULL && c->node) MPI_Comm_free(&c->node);
+  if (c->world != MPI_COMM_NULL && c->world) MPI_Comm_free(&c->world);
+  memset(c, 0, sizeof *c);
+}
+
+/* MPI counts are int: large reductions go in pieces. */
+static void allreduce_floats(float *x, long n, MPI_Comm comm) {
+  for (long o = 0; o < n; o += INT_MAX / 2) {
+    long k = n - o < INT_MAX / 2 ? n - o : INT_MAX / 2;
+    MPI_Allreduce(MPI_IN_PLACE, x + o, (int)k, MPI_FLOAT, MPI_SUM, comm);
+  }
+}
+
+/* ---- set-up ------------------------------------------------------------ */
+
+int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long max_live,
+              int replicate_frozen) {
+  memset(z, 0, sizeof *z);
+  z->comm = c;
+  z->reg = reg;
+  z->threshold = threshold;
+  z->replicate_frozen = replicate_frozen;
+  zimpl *im = calloc(1, sizeof *im);
+  z->sh = calloc((size_t)reg->n, sizeof *z->sh);
+  if (!im || !z->sh) VLM_FAIL("out of memory setting up ZeRO-3");
+  z->impl = im;
+  const int S = c->S, nm = reg->n_modules;
+  im->n_mod = nm;
+  im->req = MPI_REQUEST_NULL;
+  im->req_mod = -1;
+  im->mod_full = calloc((size_t)nm, sizeof(long));
+  im->mod_pack = calloc((size_t)nm, sizeof(long));
+  im->mod_pack_off = calloc((size_t)nm, sizeof(long));
+  im->mod_gpack = calloc((size_t)nm, sizeof(long));
+  im->mod_gpack_off = calloc((size_t)nm, sizeof(long));
+  im->mod_slot = malloc((size_t)nm * sizeof(int));
+  im->mod_state = calloc((size_t)nm, sizeof(int));
+  im->full = calloc((size_t)reg->n, sizeof(float *));
+  im->full_g = calloc((size_t)reg->n, sizeof(float *));
+  if (!im->mod_full || !im->mod_pack || !im->mod_pack_off || !im->mod_gpack ||
+      !im->mod_gpack_off || !im->mod_slot || !im->mod_state || !im->full || !im->full_g)
+    VLM_FAIL("out of memory setting up ZeRO-3");
+
+  /* 1. which parameters are sharded, and the local layout */
+  long cur = 0, gcur = 0;
+  for (int k = 0; k < nm; k++) {
+    const module_info *m = &reg->modules[k];
+    im->mod_slot[k] = -1;
+    im->mod_full[k] = m->end - m->begin;
+    if (im->mod_full[k] > im->max_full) im->max_full = im->mod_full[k];
+    for (int pass = 0; pass < 2; pass++) { /* sharded first, then replicated */
+      if (pass == 0) im->mod_pack_off[k] = cur;
+      for (int i = m->first; i < m->first + m->count; i++) {
+        const param_info *p = &reg->p[i];
+        shard_info *sh = &z->sh[i];
+        int sharded = S > 1 && p->numel > threshold && !(replicate_frozen && !p->trainable);
+        if (sharded != (pass == 0)) continue;
+        sh->sharded = sharded;
+        sh->chunk = sharded ? (p->numel + S - 1) / S : p->numel;
+        sh->lo = sharded ? (long)c->s * sh->chunk : 0;
+        if (sh->lo > p->numel) sh->lo = p->numel;
+        sh->hi = sharded ? sh->lo + sh->chunk : p->numel;
+        if (sh->hi > p->numel) sh->hi = p->numel;
+        sh->off = cur;
+        cur += sh->chunk;
+        if (sharded) im->mod_pack[k] += sh->chunk;
+      }
+    }
+    if (im->mod_pack[k] > im->max_pack) im->max_pack = im->mod_pack[k];
+    im->mod_gpack_off[k] = gcur;
+    for (int i = m->first; i < m->first + m->count; i++) {
+      if (!reg->p[i].trainable || !z->sh[i].sharded) continue;
+      z->sh[i].goff = gcur;
+      gcur += z->sh[i].chunk;
+      im->mod_gpack[k] += z->sh[i].chunk;
+    }
+    if (im->mod_gpack[k] > im->max_gpack) im->max_gpack = im->mod_gpack[k];
+  }
+  im->shard_grad_n = gcur;
+  im->repl_grad_off = gcur;
+  for (int i = 0; i < reg->n; i++) {
+    if (!reg->p[i].trainable) z->sh[i].goff = -1;
+    else if (!z->sh[i].sharded) {
+      z->sh[i].goff = gcur;
+      gcur += z->sh[i].chunk;
+    }
+  }
+  im->repl_grad_n = gcur - im->repl_grad_off;
+  z->n_local = cur;
+  z->n_local_grad = gcur;
+
+  /* 2. storage */
+  z->params = vlm_alloc((size_t)(cur > 0 ? cur : 1) * sizeof(float), "parameter shards");
+  z->grads = vlm_alloc((size_t)(gcur > 0 ? gcur : 1) * sizeof(float), "gradient shards");
+  if (!z->params || !z->grads) VLM_FAIL("cannot allocate the parameter and gradient shards");
+  if (reg->params)
+    for (int i = 0; i < reg->n; i++) {
+      const shard_info *sh = &z->sh[i];
+      memcpy(z->params + sh->off, reg->params + reg->p[i].offset + sh->lo,
+             (size_t)(sh->hi - sh->lo) * sizeof(float));
+    }
+  for (int i = 0; i < reg->n; i++) /* replicated parameters are always "gathered" */
+    if (!z->sh[i].sharded) im->full[i] = z->params + z->sh[i].off;
+
+  /* 3. gather buffers: two slots (current + prefetch) when the live bound allows */
+  if (im->max_pack > 0) {
+    im->n_slots = (max_live <= 0 || 2 * im->max_full <= max_live) ? 2 : 1;
+    im->slot = calloc((size_t)im->n_slots, sizeof(float *));
+    im->slot_mod = malloc((size_t)im->n_slots * sizeof(int));
+    if (!im->slot || !im->slot_mod) VLM_FAIL("out of memory");
+    for (int s = 0; s < im->n_slots; s++) {
+      im->slot[s] = vlm_alloc((size_t)im->max_full * sizeof(float), "gathered module");
+      im->slot_mod[s] = -1;
+      if (!im->slot[s]) VLM_FAIL("cannot allocate a gather buffer of %ld elements", im->max_full);
+    }
+    im->stage = vlm_alloc((size_t)S * im->max_pack * sizeof(float), "gather staging");
+    if (!im->stage) VLM_FAIL("cannot allocate the gather staging buffer");
+  }
+  if (im->max_gpack > 0) {
+    im->gwork = vlm_alloc((size_t)im->max_full * sizeof(float), "module gradient workspace");
+    im->gsend = vlm_alloc((size_t)S * im->max_gpack * sizeof(float), "reduce-scatter send");
+    im->grecv = vlm_alloc((size_t)im->max_gpack * sizeof(float), "reduce-scatter receive");
+    if (!im->gwork || !im->gsend || !im->grecv) VLM_FAIL("cannot allocate gradient buffers");
+  }
+  return 0;
+}
+
+void zero_free(zero_state *z) {
+  zimpl *im = IMPL(z);
+  if (im) {
+    if (im->req != MPI_REQUEST_NULL) MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+    for (int s = 0; s < im->n_slots; s++) vlm_free(im->slot[s]);
+    free(im->slot);
+    free(im->slot_mod);
+    vlm_free(im->stage);
+    vlm_free(im->gwork);
+    vlm_free(im->gsend);
+    vlm_free(im->grecv);
+    free(im->mod_full);
+    free(im->mod_pack);
+    free(im->mod_pack_off);
+    free(im->mod_gpack);
+    free(im->mod_gpack_off);
+    free(im->mod_slot);
+    free(im->mod_state);
+    free(im->full);
+    free(im->full_g);
+    free(im);
+  }
+  vlm_free(z->params);
+  vlm_free(z->grads);
+  free(z->sh);
+  memset(z, 0, sizeof *z);
+}
+
+/* ---- gathering ----------------------------------------------------------- */
+
+static void check_order(zero_state *z, int k) {
+#ifndef NDEBUG
+  /* every rank of the shard group must gather the same module in the same order */
+  int lo = k, hi = k;
+  MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_INT, MPI_MIN, z->comm->shard);
+  MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_INT, MPI_MAX, z->comm->shard);
+  if (lo != hi) {
+    fprintf(stderr, "vlmtrain: error (rank %d): ZeRO-3 gather order differs across the shard group: "
+            "this rank gathers module \"%s\", another gathers module %d..%d; aborting\n",
+            z->comm->rank, z->reg->modules[k].name, lo, hi);
+    MPI_Abort(z->comm->world, 3);
+  }
+#else
+  (void)z;
+  (void)k;
+#endif
+}
+
+static int take_slot(zimpl *im, int k) {
+  for (int s = 0; s < im->n_slots; s++)
+    if (im->slot_mod[s] < 0) {
+      im->slot_mod[s] = k;
+      im->mod_slot[k] = s;
+      return s;
+    }
+  return -1;
+}
+
+static void unpack(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  const module_info *m = &z->reg->modules[k];
+  const int S = z->comm->S;
+  const long P = im->mod_pack[k];
+  float *base = im->slot[im->mod_slot[k]];
+  for (int i = m->first; i < m->first + m->count; i++) {
+    const shard_info *sh = &z->sh[i];
+    if (!sh->sharded) continue;
+    const long n = z->reg->p[i].numel, pos = sh->off - im->mod_pack_off[k];
+    float *dst = base + (z->reg->p[i].offset - m->begin);
+    for (int s = 0; s < S; s++) {
+      long lo = (long)s * sh->chunk, cnt = n - lo < sh->chunk ? n - lo : sh->chunk;
+      if (cnt > 0) memcpy(dst + lo, im->stage + (size_t)s * P + pos, (size_t)cnt * sizeof(float));
+    }
+    im->full[i] = dst;
+  }
+  im->mod_state[k] = 2;
+}
+
+static void finish_request(zero_state *z) {
+  zimpl *im = IMPL(z);
+  if (im->req_mod < 0) return;
+  double t0 = vlm_now();
+  MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+  im->st.t_gather_wait += vlm_now() - t0;
+  int k = im->req_mod;
+  im->req_mod = -1;
+  unpack(z, k);
+}
+
+void zero_progress(zero_state *z) {
+  zimpl *im = IMPL(z);
+  if (!im || im->req_mod < 0) return;
+  int done = 0;
+  MPI_Test(&im->req, &done, MPI_STATUS_IGNORE);
+  if (done) {
+    int k = im->req_mod;
+    im->req_mod = -1;
+    unpack(z, k);
+  }
+}
+
+static void count_gather(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  im->st.n_allgather++;
+  im->st.bytes_allgather += (double)im->mod_pack[k] * z->comm->S * sizeof(float);
+}
+
+void zero_fetch(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  if (im->mod_pack[k] == 0) return; /* nothing sharded here */
+  if (im->mod_state[k] == 2) return;
+  if (im->mod_state[k] == 1) {
+    finish_request(z);
+    return;
+  }
+  finish_request(z); /* another module's prefetch must land first (one stage buffer) */
+  check_order(z, k);
+  if (take_slot(im, k) < 0) {
+    fprintf(stderr, "vlmtrain: error: ZeRO-3: no free gather buffer for module %s\n",
+            z->reg->modules[k].name);
+    MPI_Abort(z->comm->world, 3);
+  }
+  double t0 = vlm_now();
+  MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
+                (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
+  im->st.t_gather_wait += vlm_now() - t0;
+  count_gather(z, k);
+  unpack(z, k);
+}
+
+void zero_prefetch(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  if (k < 0 || k >= im->n_mod || im->mod_pack[k] == 0 || im->mod_state[k] != 0 || im->req_mod >= 0)
+    return;
+  check_order(z, k);
+  if (take_slot(im, k) < 0) return; /* live bound reached: gather when needed */
+  MPI_Iallgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
+                 (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard, &im->req);
+  im->req_mod = k;
+  im->mod_state[k] = 1;
+  count_gather(z, k);
+}
+
+void zero_release(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  if (im->mod_pack[k] == 0 || im->mod_state[k] != 2) return;
+  const module_info *m = &z->reg->modules[k];
+  for (int i = m->first; i < m->first + m->count; i++)
+    if (z->sh[i].sharded) im->full[i] = NULL;
+  im->slot_mod[im->mod_slot[k]] = -1;
+  im->mod_slot[k] = -1;
+  im->mod_state[k] = 0;
+}
+
+const float *zero_full(const zero_state *z, int i) { return IMPL(z)->full[i]; }
+float *zero_full_grad(const zero_state *z, int i) { return IMPL(z)->full_g[i]; }
+
+/* ---- gradients ----------------------------------------------------------- */
+
+void zero_grad_begin(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  const module_info *m = &z->reg->modules[k];
+  for (int i = m->first; i < m->first + m->count; i++) {
+    const param_info *p = &z->reg->p[i];
+    const shard_info *sh = &z->sh[i];
+    if (!p->trainable) {
+      im->full_g[i] = NULL;
+    } else if (sh->sharded) {
+      im->full_g[i] = im->gwork + (p->offset - m->begin);
+      memset(im->full_g[i], 0, (size_t)p->numel * sizeof(float));
+    } else {
+      im->full_g[i] = z->grads + sh->goff; /* accumulates locally; reduced per step */
+    }
+  }
+}
+
+void zero_grad_end(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  const module_info *m = &z->reg->modules[k];
+  const long G = im->mod_gpack[k];
+  const int S = z->comm->S;
+  if (G > 0) {
+    for (int s = 0; s < S; s++) {
+      float *dst = im->gsend + (size_t)s * G;
+      for (int i = m->first; i < m->first + m->count; i++) {
+        const shard_info *sh = &z->sh[i];
+        if (!sh->sharded || !z->reg->p[i].trainable) continue;
+        const long n = z->reg->p[i].numel, lo = (long)s * sh->chunk;
+        const long cnt = n - lo <= 0 ? 0 : (n - lo < sh->chunk ? n - lo : sh->chunk);
+        const long pos = sh->goff - im->mod_gpack_off[k];
+        if (cnt > 0) memcpy(dst + pos, im->full_g[i] + lo, (size_t)cnt * sizeof(float));
+        if (cnt < sh->chunk) memset(dst + pos + cnt, 0, (size_t)(sh->chunk - cnt) * sizeof(float));
+      }
+    }
+    double t0 = vlm_now();
+    MPI_Reduce_scatter_block(im->gsend, im->grecv, (int)G, MPI_FLOAT, MPI_SUM, z->comm->shard);
+    im->st.t_reduce += vlm_now() - t0;
+    im->st.n_reduce_scatter++;
+    im->st.bytes_reduce_scatter += (double)G * S * sizeof(float);
+    float *acc = z->grads + im->mod_gpack_off[k];
+    for (long e = 0; e < G; e++) acc[e] += im->grecv[e];
+  }
+  for (int i = m->first; i < m->first + m->count; i++) im->full_g[i] = NULL;
+}
+
+void zero_reduce_grads(zero_state *z) {
+  zimpl *im = IMPL(z);
+  double t0 = vlm_now();
+  if (z->comm->R > 1 && im->shard_grad_n > 0) {
+    allreduce_floats(z->grads, im->shard_grad_n, z->comm->replica);
+    im->st.n_allreduce++;
+    im->st.bytes_allreduce += 2.0 * im->shard_grad_n * sizeof(float);
+  }
+  if (z->comm->size > 1 && im->repl_grad_n > 0) {
+    allreduce_floats(z->grads + im->repl_grad_off, im->repl_grad_n, z->comm->world);
+    im->st.n_allreduce++;
+    im->st.bytes_allreduce += 2.0 * im->repl_grad_n * sizeof(float);
+  }
+  im->st.t_reduce += vlm_now() - t0;
+}
+
+double zero_grad_norm_sq(const zero_state *z) {
+  const zimpl *im = IMPL(z);
+  double sharded = sum_squares(z->grads, im->shard_grad_n);
+  if (z->comm->S > 1) MPI_Allreduce(MPI_IN_PLACE, &sharded, 1, MPI_DOUBLE, MPI_SUM, z->comm->shard);
+  return sharded + sum_squares(z->grads + im->repl_grad_off, im->repl_grad_n);
+}
+
+int zero_gather_to_root(zero_state *z) {
+  registry *reg = z->reg;
+  const vlm_comms *c = z->comm;
+  int fail = 0;
+  if (c->rank == 0 && !reg->params) {
+    reg->params = vlm_alloc((size_t)reg->n_params * sizeof(float), "gathered parameters");
+    fail = reg->params == NULL;
+  }
+  MPI_Bcast(&fail, 1, MPI_INT, 0, c->world);
+  if (fail) VLM_FAIL("cannot allocate the full parameters on rank 0");
+  if (c->r != 0) return 0; /* replica 0 holds everything needed */
+  float *buf = NULL;
+  long max_chunk = 0;
+  for (int i = 0; i < reg->n; i++)
+    if (z->sh[i].sharded && z->sh[i].chunk > max_chunk) max_chunk = z->sh[i].chunk;
+  if (c->s == 0 && max_chunk > 0) {
+    buf = vlm_alloc((size_t)max_chunk * c->S * sizeof(float), "gather buffer");
+    if (!buf) fail = 1;
+  }
+  MPI_Bcast(&fail, 1, MPI_INT, 0, c->shard);
+  if (fail) VLM_FAIL("cannot allocate the gather buffer");
+  for (int i = 0; i < reg->n; i++) {
+    const shard_info *sh = &z->sh[i];
+    float *dst = c->s == 0 ? reg->params + reg->p[i].offset : NULL;
+    if (!sh->sharded) {
+      if (c->s == 0) memcpy(dst, z->params + sh->off, (size_t)reg->p[i].numel * sizeof(float));
+      continue;
+    }
+    MPI_Gather(z->params + sh->off, (int)sh->chunk, MPI_FLOAT, buf, (int)sh->chunk, MPI_FLOAT, 0,
+               c->shard);
+    if (c->s == 0) memcpy(dst, buf, (size_t)reg->p[i].numel * sizeof(float));
+  }
+  vlm_free(buf);
+  return 0;
+}
+
+/* ---- ranges for checkpoint I/O ------------------------------------------- */
+
+const float *zero_io_range(const zero_state *z, int idx, long *lo, long *hi) {
+  const shard_info *sh = &z->sh[idx];
+  int writes = z->comm->r == 0 && (sh->sharded || z->comm->s == 0);
+  if (!writes || sh->hi <= sh->lo) {
+    *lo = *hi = sh->lo;
+    return NULL;
+  }
+  *lo = sh->lo;
+  *hi = sh->hi;
+  return z->params + sh->off;
+}
+
+float *zero_local_range(zero_state *z, int idx, long *lo, long *hi) {
+  const shard_info *sh = &z->sh[idx];
+  *lo = sh->lo;
+  *hi = sh->hi;
+  return z->params + sh->off;
+}
+
+float *zero_local_grad_range(const zero_state *z, float *base, int idx, long *lo, long *hi) {
+  const shard_info *sh = &z->sh[idx];
+  *lo = sh->lo;
+  *hi = sh->hi;
+  return sh->goff < 0 ? NULL : base + sh->goff;
+}
+
+void zero_get_stats(const zero_state *z, zero_stats *st) { *st = IMPL(z)->st; }
+void zero_reset_stats(zero_state *z) { memset(&IMPL(z)->st, 0, sizeof IMPL(z)->st); }
