@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "app/commands.h"
@@ -103,6 +104,12 @@ static void phase_table(const vlm_comms *c, const double *ph, const zero_stats *
   for (int k = 0; k < PH_N; k++)
     vlm_log("%-16s %12.3f   %12.3f   %14.1f\n", PHASE_NAMES[k], mn[k], mx[k],
             total > 0 ? 100.0 * sum[k] / c->size / total : 0.0);
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double rss = ru.ru_maxrss / 1024.0, rss_min, rss_max; /* MiB */
+  MPI_Allreduce(&rss, &rss_min, 1, MPI_DOUBLE, MPI_MIN, c->world);
+  MPI_Allreduce(&rss, &rss_max, 1, MPI_DOUBLE, MPI_MAX, c->world);
+  vlm_log("%-16s %12.1f   %12.1f   (MiB)\n", "peak resident", rss_min, rss_max);
   static const char *coll[3] = {"allgather", "reduce-scatter", "allreduce"};
   vlm_log("collective       bytes/step min   bytes/step max   calls (rank 0)\n");
   const long calls[3] = {st->n_allgather, st->n_reduce_scatter, st->n_allreduce};
@@ -118,7 +125,7 @@ static void phase_table(const vlm_comms *c, const double *ph, const zero_stats *
     for (int k = 0; k < 3; k++)
       fprintf(summary, "%s\"%s\": {\"min\": %.6g, \"max\": %.6g}", k ? ", " : "", coll[k],
               bmin[k] / steps, bmax[k] / steps);
-    fprintf(summary, "}}\n");
+    fprintf(summary, "}, \"peak_rss_mib\": {\"min\": %.1f, \"max\": %.1f}}\n", rss_min, rss_max);
   }
 }
 
@@ -330,7 +337,7 @@ int cmd_train(int argc, char **argv) {
               "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens_per_s\": "
               "%.6g, \"gflops\": %.6g, \"step_time\": %.6g, \"tokens\": %ld, \"targets\": %ld, "
               "\"t_gather\": %.6g, \"t_reduce\": %.6g, \"t_optimizer\": %.6g, \"t_io\": %.6g, "
-              "\"bytes_allgather\": %.6g, \"bytes_reduce_scatter\": %.6g, \"bytes_allreduce\": %.6g}\n",
+              "\"bytes_allgather\": %.0f, \"bytes_reduce_scatter\": %.0f, \"bytes_allreduce\": %.0f}\n",
               step + 1, step_loss, lr, norm, counts[0] / dt, red[1] / dt * 1e-9, dt, counts[0],
               counts[1], t_gather, t_red, t_opt, t_io, st1.bytes_allgather - st0.bytes_allgather,
               st1.bytes_reduce_scatter - st0.bytes_reduce_scatter,

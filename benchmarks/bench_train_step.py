@@ -15,16 +15,22 @@
 #      vlmtrain's step s, each step = grads to None, forward + backward, clip_grad_norm_
 #      (1.0), torch.optim.AdamW.step (monkey_ref.ReferenceTrainer.step), timed
 #      with time.perf_counter;
-#   4. medians and minima over the steps after the first (warm-up), the ratio
+#   4. steps 2 and 3 again, PyTorch first this time (--repeat R, default 2: R runs
+#      of each side in the order A B B A A B ..., so that a machine load that
+#      changes during the run weighs on both sides alike); timed steps are pooled;
+#   5. medians and minima over the steps after each run's first (warm-up), the ratio
 #      PyTorch / vlmtrain, GFLOP/s of both from vlmtrain's FLOP count of each step,
 #      against the peak and the sgemm rate of benchmarks/peak.py; the first-step
 #      losses of both, which must agree (same weights, same data).
 #
 # Usage (from anywhere; vlmtrain from --vlmtrain, $VLMTRAIN or <repo>/build/vlmtrain):
 #   /usr/bin/python3 benchmarks/bench_train_step.py [--configs tiny,small]
-#       [--threads N] [--steps N] [--vlmtrain PATH] [--work DIR] [--json OUT.json]
-# Defaults: both configs, N = nproc, 30 steps (tiny) / 6 steps (small). About
-# 3-4 minutes on 2 cores. See benchmarks/README.md.
+#       [--threads N] [--steps N] [--repeat R] [--vlmtrain PATH] [--work DIR]
+#       [--json OUT.json]
+# Defaults: both configs, N = nproc, 30 steps (tiny) / 6 steps (small), R = 2.
+# About 2 minutes on 2 idle cores. Exit status 1 when the first-step losses or
+# the trainable parameter counts of the two sides disagree. See
+# benchmarks/README.md.
 import argparse
 import json
 import os
@@ -307,6 +313,7 @@ def main():
     t_start = time.perf_counter()
     torch.set_num_threads(a.threads)
 
+    load0 = os.getloadavg()
     facts = peak.cpu_facts()
     pk = peak.theoretical_peak(facts, a.threads, a.flop_per_cycle, a.clock_mhz)
     log("== machine and peak")
@@ -377,7 +384,11 @@ def main():
                 "same work" if lf["ok"] else "MISMATCH: the two did not compute the same thing",
                 r["steps"], r["loss_max_rel_diff_all_steps"]))
     total = time.perf_counter() - t_start
+    load1 = os.getloadavg()
     log("")
+    log("load average (1, 5, 15 min) at the start %.2f %.2f %.2f, at the end %.2f %.2f %.2f on "
+        "%d logical CPUs; this benchmark alone accounts for about %d, more means other work "
+        "shared the cores" % (load0 + load1 + (facts["logical_cpus"], a.threads)))
     log("total %.0f s; work directory %s%s" % (total, base, "" if a.work else " (removed)"))
     if a.json:
         with open(a.json, "w") as f:
@@ -386,6 +397,7 @@ def main():
                        "peak_text": pk["text"], "clock_probe": mc, "peak_measured_clock": pk_meas,
                        "sgemm": sg, "blas_torch_numpy": blas, "blas_vlmtrain": vblas,
                        "torch": torch.__version__, "numpy": np.__version__,
+                       "loadavg_start": load0, "loadavg_end": load1,
                        "results": results, "total_s": total}, f, indent=2)
     if not a.work:
         shutil.rmtree(base, ignore_errors=True)
