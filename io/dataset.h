@@ -10,6 +10,7 @@
 #ifndef VLM_IO_DATASET_H
 #define VLM_IO_DATASET_H
 
+#include <mpi.h>
 #include <stdint.h>
 #include "io/config.h"
 
@@ -59,5 +60,30 @@ void synth_options_default(synth_options *o);
  * the longest possible sample would exceed c->seq_length. */
 int dataset_make_synthetic_ex(const char *path, const monkey_config *c, long n_samples,
                               unsigned long seed, const synth_options *o);
+
+/* Parallel, appending writer (added with issue 6, `mkdata --json`): one file
+ * written once by every rank of comm through parallel HDF5 (MPI-IO driver,
+ * collective transfers). The datasets are chunked and grow with each append;
+ * the file is PATH.tmp until dataset_pwriter_commit renames it. Every function
+ * is collective over comm and returns the same status on every rank. */
+typedef struct dataset_pwriter dataset_pwriter;
+
+int dataset_pwriter_open(dataset_pwriter **w, const char *path, int image_size, MPI_Comm comm);
+/* Appends this rank's n_samples samples: lengths[i] tokens and n_images[i]
+ * images each; tokens/labels concatenated (sum of lengths), pixels concatenated
+ * (sum of n_images x S x S x 3). In the file they follow everything appended
+ * before, and within one call rank r's samples follow those of ranks < r
+ * (offsets from MPI_Exscan). A rank may append 0 samples. */
+int dataset_pwriter_append(dataset_pwriter *w, long n_samples, const int64_t *lengths,
+                           const int32_t *n_images, const int32_t *tokens, const int32_t *labels,
+                           const uint8_t *pixels);
+/* Totals appended so far (the same on every rank). */
+void dataset_pwriter_totals(const dataset_pwriter *w, long *n_samples, long *n_tokens,
+                            long *n_images);
+/* Writes the closing offsets, closes and renames PATH.tmp to PATH (needs at
+ * least one sample); frees w either way. */
+int dataset_pwriter_commit(dataset_pwriter *w);
+/* Closes and removes PATH.tmp; frees w. */
+void dataset_pwriter_abort(dataset_pwriter *w);
 
 #endif

@@ -31,16 +31,7 @@
 /* ------------------------------------------------------------------------------
  * Local errors, reported after agreement. */
 
-typedef struct {
-  int failed;
-  const char *file, *func;
-  int line;
-  char msg[1536];
-} h5u_err;
-
-static void err_set(h5u_err *e, const char *file, int line, const char *func, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void err_set(h5u_err *e, const char *file, int line, const char *func, const char *fmt, ...) {
+void h5u_err_set(h5u_err *e, const char *file, int line, const char *func, const char *fmt, ...) {
   if (e->failed) return; /* keep the first cause */
   e->failed = 1;
   e->file = file;
@@ -52,12 +43,8 @@ static void err_set(h5u_err *e, const char *file, int line, const char *func, co
   va_end(ap);
 }
 
-/* Records the failure and returns -1 from the enclosing function. */
-#define LFAIL(e, ...)                                           \
-  do {                                                          \
-    err_set((e), __FILE__, __LINE__, __func__, __VA_ARGS__);    \
-    return -1;                                                  \
-  } while (0)
+#define err_set h5u_err_set
+#define LFAIL H5U_FAIL
 
 int h5u_agree(MPI_Comm comm, int local_rc, int *failed_rank) {
   int rank = 0, size = 1;
@@ -69,8 +56,7 @@ int h5u_agree(MPI_Comm comm, int local_rc, int *failed_rank) {
   return lowest < size ? -1 : 0;
 }
 
-/* Agreement on e; the lowest failing rank reports its message. */
-static int finish(MPI_Comm comm, const h5u_err *e) {
+int h5u_finish(MPI_Comm comm, const h5u_err *e) {
   int who = -1, rank = 0;
   MPI_Comm_rank(comm, &rank);
   if (h5u_agree(comm, e->failed, &who) == 0) return 0;
@@ -197,7 +183,7 @@ static int create_common(h5u_file *f, const char *path, const char *suffix, MPI_
     create_local(f, &e);
   }
   quiet_off(&q);
-  if (finish(comm, &e) != 0) {
+  if (h5u_finish(comm, &e) != 0) {
     h5u_close(f);
     return -1;
   }
@@ -229,7 +215,7 @@ int h5u_open(h5u_file *f, const char *path, MPI_Comm comm, int writable) {
   }
   /* agree before the collective open, so that every rank opens or none does */
   quiet_off(&q);
-  if (finish(comm, &e) != 0) return -1;
+  if (h5u_finish(comm, &e) != 0) return -1;
   quiet_on(&q);
   hid_t fapl = make_fapl(comm);
   if (fapl < 0) {
@@ -243,7 +229,7 @@ int h5u_open(h5u_file *f, const char *path, MPI_Comm comm, int writable) {
     H5Pclose(fapl);
   }
   quiet_off(&q);
-  if (finish(comm, &e) != 0) {
+  if (h5u_finish(comm, &e) != 0) {
     h5u_close(f);
     return -1;
   }
@@ -270,7 +256,7 @@ int h5u_close(h5u_file *f) {
   h5u_err e = {0};
   close_local(f, &e);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 /* fsync of a directory (rank-local); `what` is the file it was done for. */
@@ -332,10 +318,12 @@ int h5u_commit(h5u_file *f, int local_ok) {
     if (f->rank == 0 && f->final[0]) {
       if (unlink(f->path) != 0 && errno != ENOENT)
         vlm_warn("%s: could not remove the unfinished file: %s\n", f->path, strerror(errno));
+      char why[64];
+      if (!local_ok) snprintf(why, sizeof why, "writing it failed, see above");
+      else snprintf(why, sizeof why, "writing it failed on rank %d", who);
       vlm_error_at(__FILE__, __LINE__, __func__,
-                   "%s: not committed (writing failed on rank %d): removed %s; %s is left as it "
-                   "was",
-                   f->final, who, f->path, f->final);
+                   "%s: not committed (%s): removed %s; %s is left as it was", f->final, why,
+                   f->path, f->final);
     }
     MPI_Barrier(f->comm);
     return -1;
@@ -527,6 +515,11 @@ static int keep_last_local(const char *dir, const char *prefix, const char *suff
   while ((de = readdir(d)) != NULL) {
     long step = h5u_step_of(de->d_name, prefix, suffix);
     if (step < 0 || strlen(de->d_name) >= sizeof list->name) continue;
+    char path[H5U_PATH_LEN];
+    struct stat sb;
+    if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path ||
+        lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+      continue; /* only regular files are ours to remove */
     if (n == cap) {
       cap = cap ? 2 * cap : 16;
       step_file *nl = realloc(list, (size_t)cap * sizeof *list);
@@ -605,7 +598,7 @@ int h5u_exists(h5u_file *f, const char *path) {
   int found = 0;
   exists_local(f, path, &found, &e);
   quiet_off(&q);
-  if (finish(f->comm, &e) != 0) return -1;
+  if (h5u_finish(f->comm, &e) != 0) return -1;
   return found;
 }
 
@@ -630,7 +623,7 @@ int h5u_group_create(h5u_file *f, const char *path) {
   if (lcpl >= 0) H5Pclose(lcpl);
   if (gcpl >= 0) H5Pclose(gcpl);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 typedef struct {
@@ -678,7 +671,7 @@ int h5u_list(h5u_file *f, const char *path, char ***names, int *n) {
     H5Gclose(g);
   }
   quiet_off(&q);
-  if (finish(f->comm, &e) != 0) {
+  if (h5u_finish(f->comm, &e) != 0) {
     h5u_names_free(l.names, l.n);
     *names = NULL;
     *n = 0;
@@ -776,7 +769,7 @@ int h5u_attr_write_string(h5u_file *f, const char *obj, const char *name, const 
     if (t >= 0) H5Tclose(t);
   }
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 int h5u_attr_write_int(h5u_file *f, const char *obj, const char *name, long long value) {
@@ -785,7 +778,7 @@ int h5u_attr_write_int(h5u_file *f, const char *obj, const char *name, long long
   h5u_err e = {0};
   attr_write(f, obj, name, H5T_STD_I64LE, H5T_NATIVE_LLONG, &value, &e);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 int h5u_attr_exists(h5u_file *f, const char *obj, const char *name) {
@@ -807,7 +800,7 @@ int h5u_attr_exists(h5u_file *f, const char *obj, const char *name) {
     H5Oclose(o);
   }
   quiet_off(&q);
-  if (finish(f->comm, &e) != 0) return -1;
+  if (h5u_finish(f->comm, &e) != 0) return -1;
   return found;
 }
 
@@ -870,7 +863,7 @@ int h5u_attr_read_string(h5u_file *f, const char *obj, const char *name, char **
   *value = NULL;
   attr_read_string_local(f, obj, name, value, &e);
   quiet_off(&q);
-  if (finish(f->comm, &e) != 0) {
+  if (h5u_finish(f->comm, &e) != 0) {
     free(*value);
     *value = NULL;
     return -1;
@@ -909,7 +902,7 @@ int h5u_attr_read_int(h5u_file *f, const char *obj, const char *name, long long 
   h5u_err e = {0};
   attr_read_integer(f, obj, name, H5T_NATIVE_LLONG, value, &e);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 /* ------------------------------------------------------------------------------
@@ -956,7 +949,7 @@ done:
   close_id(&dcpl, H5Pclose);
   close_id(&sp, H5Sclose);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 /* Opens a float32 dataset and its dims. */
@@ -1000,7 +993,7 @@ int h5u_dataset_shape(h5u_file *f, const char *path, int *ndim, long *shape) {
     H5Dclose(ds);
   }
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 /* Selects the row-major flattened element range [lo, hi) of an N-d dataspace
@@ -1114,7 +1107,7 @@ int h5u_write_range_f32(h5u_file *f, const char *path, long lo, long hi, const f
   h5u_err e = {0};
   transfer(f, path, lo, hi, (void *)src, 1, &e);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 int h5u_read_range_f32(h5u_file *f, const char *path, long lo, long hi, float *dst) {
@@ -1123,7 +1116,7 @@ int h5u_read_range_f32(h5u_file *f, const char *path, long lo, long hi, float *d
   h5u_err e = {0};
   transfer(f, path, lo, hi, dst, 0, &e);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 /* ------------------------------------------------------------------------------
@@ -1218,7 +1211,7 @@ int h5u_checksum_write(h5u_file *f, const char *path, uint64_t checksum) {
   h5u_err e = {0};
   attr_write(f, path, H5U_CHECKSUM_ATTR, H5T_STD_U64LE, H5T_NATIVE_UINT64, &checksum, &e);
   quiet_off(&q);
-  return finish(f->comm, &e);
+  return h5u_finish(f->comm, &e);
 }
 
 int h5u_checksum_read(h5u_file *f, const char *path, uint64_t *checksum) {
@@ -1229,7 +1222,7 @@ int h5u_checksum_read(h5u_file *f, const char *path, uint64_t *checksum) {
   h5u_err e = {0};
   attr_read_integer(f, path, H5U_CHECKSUM_ATTR, H5T_NATIVE_UINT64, checksum, &e);
   quiet_off(&q);
-  return finish(f->comm, &e) == 0 ? 1 : -1;
+  return h5u_finish(f->comm, &e) == 0 ? 1 : -1;
 }
 
 static long dataset_numel(const int ndim, const long *shape) {

@@ -44,6 +44,28 @@ typedef struct {
  * lowest failing rank in *failed_rank (may be NULL). Reports nothing. */
 int h5u_agree(MPI_Comm comm, int local_rc, int *failed_rank);
 
+/* A local failure kept for reporting after agreement, so that a failure every
+ * rank sees is printed once: record it with H5U_FAIL(&e, fmt, ...) (which
+ * returns -1 from the enclosing function) or h5u_err_set, then call
+ * h5u_finish(comm, &e) on every rank: 0 when no rank failed; else the lowest
+ * failing rank prints its message (vlm_error_at, with the file:line where it
+ * was recorded) and every rank gets -1. */
+typedef struct {
+  int failed;
+  const char *file, *func;
+  int line;
+  char msg[1536];
+} h5u_err;
+
+void h5u_err_set(h5u_err *e, const char *file, int line, const char *func, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+#define H5U_FAIL(e, ...)                                          \
+  do {                                                            \
+    h5u_err_set((e), __FILE__, __LINE__, __func__, __VA_ARGS__);  \
+    return -1;                                                    \
+  } while (0)
+int h5u_finish(MPI_Comm comm, const h5u_err *e);
+
 /* ---- files ------------------------------------------------------------------ */
 
 /* Creates (truncates) PATH for writing: MPI-IO driver on comm, collective

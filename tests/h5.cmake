@@ -1,0 +1,28 @@
+# tests/h5.cmake: parallel HDF5 (io/h5util.c) and model files (io/model_h5.c,
+# `vlmtrain import` / `vlmtrain export`). Files land in VLM_TEST_WORK/h5/.
+#
+# h5_util_np3:      C, 3 ranks: collective range writes/reads (actual I/O mode
+#                   asserted), split-independent checksums, attributes, atomic
+#                   commit (stale .tmp, keep-K, latest, injected failure, failed
+#                   rename), corrupted tensor, bad files. Writes h5/ranges.h5.
+# h5_util_np1/np2:  C, 1 and 2 ranks verify every checksum of that file.
+# h5_util_h5dump:   `h5dump -H` reads it.
+# h5_model:         Python: import/export round trips (fp32, bf16, fp16; single
+#                   file and shards; 1, 2 and 3 ranks), byte-identical tensor
+#                   data, h5dump -H and h5py on every file written, --trained-only,
+#                   bad inputs, a writer killed mid-file.
+set(_mpi ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG})
+add_executable(test_h5util h5/test_h5util.c)
+target_link_libraries(test_h5util PRIVATE vlm)
+
+add_test(NAME h5_util_np3 COMMAND ${_mpi} 3 --oversubscribe $<TARGET_FILE:test_h5util> write h5
+  WORKING_DIRECTORY ${VLM_TEST_WORK})
+add_test(NAME h5_util_np1 COMMAND ${_mpi} 1 --oversubscribe $<TARGET_FILE:test_h5util> verify h5
+  WORKING_DIRECTORY ${VLM_TEST_WORK})
+add_test(NAME h5_util_np2 COMMAND ${_mpi} 2 --oversubscribe $<TARGET_FILE:test_h5util> verify h5
+  WORKING_DIRECTORY ${VLM_TEST_WORK})
+add_test(NAME h5_util_h5dump COMMAND h5dump -H h5/ranges.h5 WORKING_DIRECTORY ${VLM_TEST_WORK})
+set_tests_properties(h5_util_np3 h5_util_np1 h5_util_np2 h5_util_h5dump PROPERTIES
+  ENVIRONMENT "${VLM_TEST_ENV}")
+set_tests_properties(h5_util_np3 PROPERTIES FIXTURES_SETUP h5_ranges)
+set_tests_properties(h5_util_np1 h5_util_np2 h5_util_h5dump PROPERTIES FIXTURES_REQUIRED h5_ranges)
