@@ -18,6 +18,7 @@
 #include "app/commands.h"
 #include "app/options.h"
 #include "common/vlm.h"
+#include "io/checkpoint.h"
 #include "io/config.h"
 #include "io/dataset.h"
 #include "io/loader.h"
@@ -38,6 +39,30 @@ typedef struct {
 static int make_dir(const char *path) {
   if (mkdir(path, 0755) != 0 && errno != EEXIST)
     VLM_FAIL("cannot create directory %s: %s", path, strerror(errno));
+  return 0;
+}
+
+/* On resume: keeps the metrics lines of steps <= step (a run that died after
+ * its last checkpoint logged steps that will be run again), atomically. */
+static int trim_metrics(const char *path, long step) {
+  FILE *in = fopen(path, "r");
+  if (!in) return 0;
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *out = fopen(tmp, "w");
+  if (!out) {
+    fclose(in);
+    VLM_FAIL("cannot write %s: %s", tmp, strerror(errno));
+  }
+  char line[8192];
+  while (fgets(line, sizeof line, in)) {
+    long s = -1;
+    const char *k = strstr(line, "\"step\": ");
+    if (k) s = strtol(k + 8, NULL, 10);
+    if (s >= 1 && s <= step) fputs(line, out);
+  }
+  fclose(in);
+  if (fclose(out) != 0 || rename(tmp, path) != 0) VLM_FAIL("cannot rewrite %s", path);
   return 0;
 }
 
@@ -137,9 +162,11 @@ int cmd_train(int argc, char **argv) {
       {"--out", "RUNDIR", NULL, "run directory: metrics.jsonl, final/", 0, 0},
       {"--steps", "N", "", "optimizer steps (overrides train_steps of the config)", 0, 0},
       {"--audit", NULL, NULL, "at the end, report per group how many parameters changed", 0, 0},
+      {"--resume", "auto|PATH", "", "continue from a checkpoint: auto = the newest valid one in "
+       "the run's checkpoint directory (none: start fresh), or a checkpoint file", 0, 0},
   };
-  int rc = opts_parse("train", "--model DIR --data DATA.h5 --config TRAIN.json --out RUNDIR [--steps N] [--audit]",
-                      o, 6, argc, argv, NULL, 0, NULL);
+  int rc = opts_parse("train", "--model DIR --data DATA.h5 --config TRAIN.json --out RUNDIR [--steps N] [--audit] [--resume auto|PATH]",
+                      o, 7, argc, argv, NULL, 0, NULL);
   if (rc) return rc > 0 ? 0 : -1;
   const char *model_dir = o[0].value, *data_path = o[1].value, *out_dir = o[3].value;
   const int do_audit = o[5].value[0] == '1';
@@ -176,6 +203,13 @@ int cmd_train(int argc, char **argv) {
   long *all_idx = NULL;
   float *before = NULL;
   FILE *metrics = NULL, *summary = NULL;
+  char *model_json = NULL;
+  long json_len = 0, step0 = 0;
+  char ckpt_dir[2048];
+  if (t.ckpt_dir[0])
+    snprintf(ckpt_dir, sizeof ckpt_dir, "%s", t.ckpt_dir);
+  else
+    snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", out_dir);
 
   VLM_CHECK_GOTO(comms_init(&comms, MPI_COMM_WORLD, t.shard_size), done);
   comms_made = 1;
@@ -231,6 +265,25 @@ int cmd_train(int argc, char **argv) {
                               t.recompute_llm), done);
   m_made = 1;
   VLM_CHECK_GOTO(adamw_init(&opt_state, &z, &t), done);
+  snprintf(path, sizeof path, "%s/config.json", model_dir);
+  VLM_CHECK_GOTO(config_read_file(path, &model_json, &json_len), done);
+  VLM_CHECK_GOTO(ckpt_clean_dir(ckpt_dir, comms.world), done);
+  if (o[6].value[0]) { /* --resume */
+    ckpt_state cs;
+    int loaded = 0;
+    char from[2048];
+    const char *what = strcmp(o[6].value, "auto") == 0 ? ckpt_dir : o[6].value;
+    VLM_CHECK_GOTO(ckpt_load(what, &z, &opt_state, &cs, &loaded, from, sizeof from), done);
+    if (loaded) {
+      step0 = cs.step;
+      VLM_CHECK_GOTO(data_order_seek(&order, cs.epoch, cs.cursor), done);
+      vlm_log("resume: %s: step %ld, data epoch %ld position %ld (written by %d x %d ranks, "
+              "resumed on %d x %d)\n", from, cs.step, cs.epoch, cs.cursor, cs.R, cs.S, comms.R, comms.S);
+      if (step0 >= t.train_steps) vlm_log("resume: the run already has its %ld steps\n", t.train_steps);
+    } else {
+      vlm_log("resume: no checkpoint in %s: starting at step 0\n", ckpt_dir);
+    }
+  }
   const size_t img_bytes = (size_t)d.image_size * d.image_size * 3;
   bb.tokens = vlm_alloc((size_t)max_tokens * sizeof(int32_t), "batch tokens");
   bb.labels = vlm_alloc((size_t)max_tokens * sizeof(int32_t), "batch labels");
@@ -249,7 +302,8 @@ int cmd_train(int argc, char **argv) {
   if (comms.rank == 0) {
     open_ok = make_dir(out_dir) == 0;
     snprintf(path, sizeof path, "%s/metrics.jsonl", out_dir);
-    if (open_ok && !(metrics = fopen(path, "w"))) {
+    if (open_ok && step0 > 0) open_ok = trim_metrics(path, step0) == 0;
+    if (open_ok && !(metrics = fopen(path, step0 > 0 ? "a" : "w"))) {
       vlm_error_at(__FILE__, __LINE__, __func__, "cannot write %s: %s", path, strerror(errno));
       open_ok = 0;
     }
@@ -266,7 +320,7 @@ int cmd_train(int argc, char **argv) {
   double ph[PH_N] = {0};
   zero_reset_stats(&z);
   const double t_start = vlm_now();
-  for (long step = 0; step < t.train_steps; step++) {
+  for (long step = step0; step < t.train_steps; step++) {
     const double t0 = vlm_now();
     zero_stats st0;
     zero_get_stats(&z, &st0);
@@ -348,15 +402,26 @@ int cmd_train(int argc, char **argv) {
       vlm_log("step %5ld/%ld | loss %8.4f | lr %.3e | grad_norm %8.4f | %7.0f tok/s | %6.1f "
               "GFLOP/s | %.3f s\n",
               step + 1, t.train_steps, step_loss, lr, norm, counts[0] / dt, red[1] / dt * 1e-9, dt);
+    int last = step + 1 == t.train_steps;
+    if (last || (t.ckpt_every > 0 && (step + 1) % t.ckpt_every == 0)) {
+      const double tc = vlm_now();
+      ckpt_state cs = {.step = step + 1, .epoch = order.epoch, .cursor = order.cursor,
+                       .data_seed = t.data_seed, .shuffle = t.shuffle, .R = comms.R, .S = comms.S};
+      VLM_CHECK_GOTO(ckpt_save(ckpt_dir, &z, &opt_state, &cs, model_json, t.json_text, t.ckpt_keep),
+                     done);
+      ph[PH_IO] += vlm_now() - tc;
+      vlm_log("checkpoint: %s/" CKPT_PREFIX "%08ld" CKPT_SUFFIX " (%.2f s)\n", ckpt_dir, step + 1,
+              vlm_now() - tc);
+    }
   }
-  vlm_log("trained %ld steps in %.1f s\n", t.train_steps, vlm_now() - t_start);
+  vlm_log("trained %ld steps in %.1f s\n", t.train_steps - step0, vlm_now() - t_start);
   if (comms.rank == 0) {
     snprintf(path, sizeof path, "%s/summary.json", out_dir);
     summary = fopen(path, "w");
   }
   zero_stats st;
   zero_get_stats(&z, &st);
-  phase_table(&comms, ph, &st, t.train_steps, summary);
+  phase_table(&comms, ph, &st, t.train_steps - step0 > 0 ? t.train_steps - step0 : 1, summary);
   const double tw = vlm_now();
   VLM_CHECK_GOTO(zero_gather_to_root(&z), done);
   int save_ok = 1;
@@ -373,6 +438,7 @@ int cmd_train(int argc, char **argv) {
   ok = 1;
 
 done:
+  free(model_json);
   if (metrics) fclose(metrics);
   if (summary) fclose(summary);
   vlm_free(before);

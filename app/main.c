@@ -19,6 +19,8 @@ static const command COMMANDS[] = {
     {"init", cmd_init, "write a randomly initialised model directory (config.json + model.safetensors)"},
     {"mkdata", cmd_mkdata, "write a dataset in vlmtrain's HDF5 format (--synthetic: a learnable toy task)"},
     {"train", cmd_train, "train a model on a dataset; writes RUNDIR/metrics.jsonl and RUNDIR/final/"},
+    {"import", cmd_import, "convert a HF safetensors model directory to one vlmtrain model file (HDF5)"},
+    {"export", cmd_export, "write a HF safetensors directory from a vlmtrain model or checkpoint file"},
 };
 static const int N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
 

@@ -74,7 +74,8 @@ def cpu_facts():
     pairs = {(b.get("physical id"), b.get("core id")) for b in blocks
              if "core id" in b and "physical id" in b}
     if pairs:
-        facts["cores"], facts["cores_from"] = len(pairs), "/proc/cpuinfo (physical id, core id) pairs"
+        facts["cores"] = len(pairs)
+        facts["cores_from"] = "/proc/cpuinfo (physical id, core id) pairs"
     elif "Core(s) per socket" in ls and "Socket(s)" in ls:
         facts["cores"] = int(ls["Core(s) per socket"]) * int(ls["Socket(s)"])
         facts["cores_from"] = "lscpu Core(s) per socket x Socket(s)"
@@ -82,7 +83,8 @@ def cpu_facts():
         facts["cores"], facts["cores_from"] = facts["logical_cpus"], "logical CPU count"
     mhz = [float(b["cpu MHz"]) for b in blocks if "cpu MHz" in b]
     if mhz:
-        facts["mhz"], facts["mhz_from"] = sum(mhz) / len(mhz), "/proc/cpuinfo 'cpu MHz' (mean over CPUs)"
+        facts["mhz"] = sum(mhz) / len(mhz)
+        facts["mhz_from"] = "/proc/cpuinfo 'cpu MHz' (mean over CPUs)"
     elif ls.get("CPU max MHz"):
         facts["mhz"], facts["mhz_from"] = float(ls["CPU max MHz"]), "lscpu 'CPU max MHz'"
     else:

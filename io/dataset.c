@@ -1173,9 +1173,9 @@ int dataset_pwriter_commit(dataset_pwriter *w) {
   int renamed = 0;
   if (w->rank == 0) {
     if (fsync_path(w->tmp, 0) != 0)
-      snprintf(why, sizeof why, "fsync of %s failed: %s", w->tmp, strerror(errno));
+      snprintf(why, sizeof why, "fsync of PATH.tmp failed: %s", strerror(errno));
     else if (rename(w->tmp, w->path) != 0)
-      snprintf(why, sizeof why, "rename of %s failed: %s", w->tmp, strerror(errno));
+      snprintf(why, sizeof why, "rename of PATH.tmp to PATH failed: %s", strerror(errno));
     else
       renamed = 1;
     if (!renamed) unlink(w->tmp);

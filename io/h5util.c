@@ -1231,32 +1231,37 @@ static long dataset_numel(const int ndim, const long *shape) {
   return n;
 }
 
-int h5u_write_tensor_f32(h5u_file *f, const char *path, long lo, long hi, const float *src) {
-  int nd;
-  long shape[H5U_MAX_DIMS];
-  VLM_CHECK(h5u_dataset_shape(f, path, &nd, shape));
-  VLM_CHECK(h5u_write_range_f32(f, path, lo, hi, src));
-  uint64_t sum = h5u_sum64_part(lo, hi, src), total = 0;
-  uint64_t *parts = NULL;
-  /* disjoint ranges: the plain sum of the parts */
-  int size = f->size;
-  parts = malloc((size_t)size * sizeof *parts);
+int h5u_sum64_reduce(MPI_Comm comm, uint64_t part, uint64_t *sum) {
+  int size;
+  MPI_Comm_size(comm, &size);
+  uint64_t *parts = malloc((size_t)size * sizeof *parts);
   int oom = !parts, any = 0;
-  MPI_Allreduce(&oom, &any, 1, MPI_INT, MPI_MAX, f->comm);
+  MPI_Allreduce(&oom, &any, 1, MPI_INT, MPI_MAX, comm);
   if (any) {
     free(parts);
-    if (oom) VLM_FAIL("%s: %s: out of memory", f->path, path);
+    if (oom) VLM_FAIL("checksum: out of memory for %d ranks", size);
     return -1;
   }
-  MPI_Allgather(&sum, 1, MPI_UINT64_T, parts, 1, MPI_UINT64_T, f->comm);
-  for (int r = 0; r < size; r++) total += parts[r];
+  MPI_Allgather(&part, 1, MPI_UINT64_T, parts, 1, MPI_UINT64_T, comm);
+  uint64_t total = 0;
+  for (int r = 0; r < size; r++) total += parts[r]; /* mod 2^64, defined for unsigned */
   free(parts);
-  VLM_CHECK(h5u_checksum_write(f, path, h5u_sum64_final(total, dataset_numel(nd, shape))));
+  *sum = total;
   return 0;
 }
 
-int h5u_read_tensor_f32(h5u_file *f, const char *path, long lo, long hi, float *dst,
-                        int warn_missing) {
+int h5u_write_tensor_f32(h5u_file *f, const char *path, long lo, long hi, const float *src) {
+  int nd;
+  long shape[H5U_MAX_DIMS];
+  uint64_t sum = 0;
+  VLM_CHECK(h5u_dataset_shape(f, path, &nd, shape));
+  VLM_CHECK(h5u_write_range_f32(f, path, lo, hi, src));
+  VLM_CHECK(h5u_sum64_reduce(f->comm, h5u_sum64_part(lo, hi, src), &sum));
+  VLM_CHECK(h5u_checksum_write(f, path, h5u_sum64_final(sum, dataset_numel(nd, shape))));
+  return 0;
+}
+
+int h5u_read_tensor_f32(h5u_file *f, const char *path, long lo, long hi, float *dst) {
   int nd;
   long shape[H5U_MAX_DIMS];
   VLM_CHECK(h5u_dataset_shape(f, path, &nd, shape));
@@ -1264,10 +1269,7 @@ int h5u_read_tensor_f32(h5u_file *f, const char *path, long lo, long hi, float *
   uint64_t stored = 0, computed = 0;
   int has = h5u_checksum_read(f, path, &stored);
   if (has < 0) return -1;
-  if (has == 0) {
-    if (warn_missing) vlm_warn("%s: dataset %s has no checksum: not verified\n", f->path, path);
-    return 0;
-  }
+  if (has == 0) return 1;
   long n = dataset_numel(nd, shape);
   if (h5u_sum64_global(f->comm, n, lo, hi, dst, &computed) != 0) {
     if (f->rank == 0) vlm_error_at(__FILE__, __LINE__, __func__, "%s: %s: checksum not verified", f->path, path);

@@ -161,6 +161,8 @@ int h5u_read_range_f32(h5u_file *f, const char *path, long lo, long hi, float *d
 uint64_t h5u_sum64_part(long lo, long hi, const float *x);
 /* The checksum from the sum of all terms of an n-element tensor. */
 uint64_t h5u_sum64_final(uint64_t sum, long n);
+/* Collective: the sum of every rank's part (disjoint ranges), mod 2^64. */
+int h5u_sum64_reduce(MPI_Comm comm, uint64_t part, uint64_t *sum);
 /* Collective: the checksum of an n-element tensor from each rank's range
  * [lo, hi) of it. Ranges may overlap (each element is counted once); their
  * union must be [0, n), else an error ("cannot verify"). */
@@ -173,10 +175,10 @@ int h5u_checksum_read(h5u_file *f, const char *path, uint64_t *checksum);
  * it (the usual save): the range write, then the checksum attribute. */
 int h5u_write_tensor_f32(h5u_file *f, const char *path, long lo, long hi, const float *src);
 /* Reads each rank's range and verifies the stored checksum (ranges may overlap;
- * their union must cover the tensor). A mismatch is an error naming the file and
- * dataset; a dataset without a checksum is read with a warning when warn_missing. */
-int h5u_read_tensor_f32(h5u_file *f, const char *path, long lo, long hi, float *dst,
-                        int warn_missing);
+ * their union must cover the tensor). 0: read and verified; 1: read, but the
+ * dataset has no checksum (the caller decides whether to warn); -1: error, a
+ * mismatch naming the file and dataset. */
+int h5u_read_tensor_f32(h5u_file *f, const char *path, long lo, long hi, float *dst);
 
 /* ---- fault injection (tests only) --------------------------------------------
  * Makes the next h5u_write_range_f32 on world rank `rank` of the communicator

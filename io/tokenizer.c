@@ -73,16 +73,25 @@ typedef struct {
   size_t mask;
 } str_table;
 
+/* A merge: tokens l and r whose concatenation is token v (l = UINT32_MAX: empty). */
+typedef struct {
+  uint32_t l, r;
+  int32_t v;
+} pair_slot;
+
 struct tokenizer {
   int32_t n_ranks;
   unsigned char *bytes; /* token bytes: ranks 0..n_ranks-1, then the specials */
   size_t *off;          /* n_ranks + N_SPECIAL + 1 offsets into bytes */
   str_table ranks;
+  pair_slot *pairs;          /* (left id, right id) -> rank of their concatenation */
+  size_t pair_mask;
   str_table specials;        /* id - n_ranks */
   uint64_t special_lens;     /* bit k: some special has k bytes */
   unsigned char special_first[256]; /* 1: some special starts with this byte */
   int special_first_only;    /* the one first byte of every special, or -1 */
   int32_t byte_rank[256];
+  int32_t *byte_pair_rank; /* [a << 8 | b]: rank of the two bytes a b, or NO_RANK */
   pcre2_code *re;
 };
 
@@ -136,6 +145,19 @@ static inline int32_t table_find(const tokenizer *t, const str_table *tb, int32_
 
 static inline int32_t rank_of(const tokenizer *t, const unsigned char *p, size_t n) {
   return table_find(t, &t->ranks, 0, p, n);
+}
+
+static inline size_t pair_hash(uint32_t l, uint32_t r) {
+  return (size_t)(((uint64_t)l << 32 | r) * 0x9e3779b97f4a7c15ull >> 32);
+}
+
+/* Rank of the concatenation of tokens l and r, or NO_RANK. */
+static inline int32_t pair_rank(const tokenizer *t, int32_t l, int32_t r) {
+  for (size_t i = pair_hash((uint32_t)l, (uint32_t)r) & t->pair_mask;; i = (i + 1) & t->pair_mask) {
+    const pair_slot *s = &t->pairs[i];
+    if (s->l == (uint32_t)l && s->r == (uint32_t)r) return s->v;
+    if (s->l == UINT32_MAX) return NO_RANK;
+  }
 }
 
 /* Inserts id (its bytes already in the arena); returns the id already holding
@@ -352,8 +374,62 @@ static int compile_pattern(tokenizer *t) {
              "support)",
              (size_t)at, (const char *)msg);
   }
-  /* JIT when the library has it; the interpreter otherwise (same results) */
+  /* JIT when the library has it; the interpreter otherwise (same results;
+   * -DVLM_TOKENIZER_NO_JIT forces it, to check that) */
+#ifndef VLM_TOKENIZER_NO_JIT
   (void)pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE);
+#endif
+  return 0;
+}
+
+/* The merge table: every token split at every point where both halves are
+ * tokens. BPE parts are always tokens, so the rank of two adjacent parts'
+ * concatenation is found by their ids alone. */
+static int build_pairs(tokenizer *t) {
+  size_t n = 0, cap = 1024;
+  pair_slot *list = malloc(cap * sizeof *list);
+  if (!list) VLM_FAIL("tokenizer: out of memory for the merge table");
+  for (int32_t v = 0; v < t->n_ranks; v++) {
+    const unsigned char *p = t->bytes + t->off[v];
+    size_t len = tok_len(t, v);
+    for (size_t k = 1; k < len; k++) {
+      int32_t l = rank_of(t, p, k);
+      if (l == NO_RANK) continue;
+      int32_t r = rank_of(t, p + k, len - k);
+      if (r == NO_RANK) continue;
+      if (n == cap) {
+        cap *= 2;
+        pair_slot *nl = realloc(list, cap * sizeof *list);
+        if (!nl) {
+          free(list);
+          VLM_FAIL("tokenizer: out of memory for the merge table");
+        }
+        list = nl;
+      }
+      list[n++] = (pair_slot){(uint32_t)l, (uint32_t)r, v};
+    }
+  }
+  size_t slots = 16;
+  while (slots < 2 * n) slots *= 2;
+  t->pairs = vlm_alloc(slots * sizeof *t->pairs, "tokenizer merge table");
+  if (!t->pairs) {
+    free(list);
+    return -1;
+  }
+  t->pair_mask = slots - 1;
+  for (size_t i = 0; i < slots; i++) t->pairs[i].l = UINT32_MAX;
+  for (size_t j = 0; j < n; j++) {
+    size_t i = pair_hash(list[j].l, list[j].r) & t->pair_mask;
+    while (t->pairs[i].l != UINT32_MAX) i = (i + 1) & t->pair_mask;
+    t->pairs[i] = list[j];
+  }
+  free(list);
+  /* the first merges of every piece are of two single bytes: a direct table */
+  t->byte_pair_rank = vlm_alloc(65536 * sizeof *t->byte_pair_rank, "tokenizer byte pairs");
+  if (!t->byte_pair_rank) return -1;
+  for (int a = 0; a < 256; a++)
+    for (int b = 0; b < 256; b++)
+      t->byte_pair_rank[a << 8 | b] = pair_rank(t, t->byte_rank[a], t->byte_rank[b]);
   return 0;
 }
 
@@ -421,6 +497,7 @@ int tokenizer_load(tokenizer **out, const char *ranks_path) {
   }
   vlm_free(ent);
   ent = NULL;
+  VLM_CHECK_GOTO(build_pairs(t), fail);
   /* special tokens: ids n, n+1, ... */
   int k = 0;
   for (int i = 0; i < N_HEAD; i++) add_special(t, k++, SPECIAL_HEAD[i], &arena);
@@ -458,6 +535,8 @@ void tokenizer_free(tokenizer *t) {
   vlm_free(t->off);
   vlm_free(t->ranks.slot);
   vlm_free(t->specials.slot);
+  vlm_free(t->pairs);
+  vlm_free(t->byte_pair_rank);
   vlm_free(t);
 }
 
@@ -530,17 +609,14 @@ static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
   return n;
 }
 
-/* BPE of a piece of L bytes (2 <= L <= SMALL_PIECE), not itself a token. */
+/* BPE of a piece of L bytes (2 <= L <= SMALL_PIECE), not itself a token:
+ * parts in an array, the lowest-ranked adjacent pair (leftmost on ties)
+ * merged until no pair is a token. */
 static void bpe_small(const tokenizer *t, const unsigned char *p, int L, int32_t *dst,
                       size_t *nd) {
-  int start[SMALL_PIECE + 1];
-  int32_t tok[SMALL_PIECE], pr[SMALL_PIECE];
-  for (int i = 0; i < L; i++) {
-    start[i] = i;
-    tok[i] = t->byte_rank[p[i]];
-  }
-  start[L] = L;
-  for (int i = 0; i + 1 < L; i++) pr[i] = rank_of(t, p + i, 2);
+  int32_t tok[SMALL_PIECE], pr[SMALL_PIECE]; /* pr[i]: rank of parts i and i+1 merged */
+  for (int i = 0; i < L; i++) tok[i] = t->byte_rank[p[i]];
+  for (int i = 0; i + 1 < L; i++) pr[i] = t->byte_pair_rank[p[i] << 8 | p[i + 1]];
   int m = L; /* parts */
   for (;;) {
     int32_t best = NO_RANK;
@@ -553,14 +629,11 @@ static void bpe_small(const tokenizer *t, const unsigned char *p, int L, int32_t
     if (bi < 0) break;
     /* part bi absorbs part bi+1 */
     tok[bi] = best;
-    for (int i = bi + 1; i < m; i++) start[i] = start[i + 1];
-    for (int i = bi + 1; i + 1 < m; i++) {
-      tok[i] = tok[i + 1];
-      pr[i] = pr[i + 1];
-    }
+    for (int i = bi + 1; i + 1 < m; i++) tok[i] = tok[i + 1];
+    for (int i = bi + 1; i + 2 < m; i++) pr[i] = pr[i + 1];
     m--;
-    if (bi + 1 < m) pr[bi] = rank_of(t, p + start[bi], (size_t)(start[bi + 2] - start[bi]));
-    if (bi > 0) pr[bi - 1] = rank_of(t, p + start[bi - 1], (size_t)(start[bi + 1] - start[bi - 1]));
+    if (bi + 1 < m) pr[bi] = pair_rank(t, best, tok[bi + 1]);
+    if (bi > 0) pr[bi - 1] = pair_rank(t, tok[bi - 1], best);
   }
   for (int i = 0; i < m; i++) dst[(*nd)++] = tok[i];
 }
@@ -592,12 +665,13 @@ static uint64_t heap_pop(uint64_t *h, size_t *n) {
   return top;
 }
 
-/* BPE of a long piece: doubly linked parts (a part is named by its first byte
- * offset), candidate merges in a heap, stale entries skipped when popped. */
+/* BPE of a long piece: doubly linked parts (a part is named by the offset of
+ * its first byte), candidate merges in a heap keyed (rank, offset), entries
+ * that no longer match their part skipped when popped. Same merges, in the same
+ * order, as bpe_small. */
 static int bpe_large(const tokenizer *t, const unsigned char *p, size_t L, int32_t *dst,
                      size_t *nd) {
-  if (L > (size_t)INT32_MAX)
-    VLM_FAIL("tokenizer: a single pre-token of %zu bytes is too long", L);
+  if (L > (size_t)INT32_MAX) VLM_FAIL("tokenizer: a single pre-token of %zu bytes is too long", L);
   int32_t *nxt = malloc(L * sizeof *nxt), *prv = malloc(L * sizeof *prv);
   int32_t *tok = malloc(L * sizeof *tok), *pr = malloc(L * sizeof *pr);
   uint64_t *heap = malloc(3 * L * sizeof *heap); /* L initial + 2 per merge */
@@ -611,29 +685,25 @@ static int bpe_large(const tokenizer *t, const unsigned char *p, size_t L, int32
     nxt[i] = i + 1;
     prv[i] = i - 1;
     tok[i] = t->byte_rank[p[i]];
-    pr[i] = i + 1 < n ? rank_of(t, p + i, 2) : NO_RANK;
+  }
+  for (int32_t i = 0; i < n; i++) {
+    pr[i] = i + 1 < n ? t->byte_pair_rank[p[i] << 8 | p[i + 1]] : NO_RANK;
     if (pr[i] != NO_RANK) heap_push(heap, &hn, (uint64_t)pr[i] << 32 | (uint32_t)i);
   }
   while (hn > 0) {
     uint64_t v = heap_pop(heap, &hn);
     int32_t r = (int32_t)(v >> 32), i = (int32_t)(uint32_t)v;
-    if (pr[i] != r || tok[i] < 0) continue; /* stale */
+    if (tok[i] < 0 || pr[i] != r) continue; /* stale */
     int32_t j = nxt[i];
     tok[i] = r;
     tok[j] = -1; /* dead */
     nxt[i] = nxt[j];
     if (nxt[i] < n) prv[nxt[i]] = i;
-    int32_t end_i = nxt[i];
-    if (end_i < n) {
-      int32_t end2 = nxt[end_i];
-      pr[i] = rank_of(t, p + i, (size_t)(end2 - i));
-      if (pr[i] != NO_RANK) heap_push(heap, &hn, (uint64_t)pr[i] << 32 | (uint32_t)i);
-    } else {
-      pr[i] = NO_RANK;
-    }
+    pr[i] = nxt[i] < n ? pair_rank(t, r, tok[nxt[i]]) : NO_RANK;
+    if (pr[i] != NO_RANK) heap_push(heap, &hn, (uint64_t)pr[i] << 32 | (uint32_t)i);
     int32_t h = prv[i];
     if (h >= 0) {
-      pr[h] = rank_of(t, p + h, (size_t)(end_i - h));
+      pr[h] = pair_rank(t, tok[h], r);
       if (pr[h] != NO_RANK) heap_push(heap, &hn, (uint64_t)pr[h] << 32 | (uint32_t)h);
     }
   }
@@ -668,6 +738,8 @@ static int encode_ordinary(const tokenizer *t, pcre2_match_data *md, const unsig
   PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
   while (pos < len) {
     int rc = pcre2_match(t->re, s, len, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its state on the heap */
+      rc = pcre2_match(t->re, s, len, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR msg[256];

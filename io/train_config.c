@@ -91,6 +91,12 @@ static const key_spec KEYS[] = {
     {"data", K_OBJ, 0, NOF, 0, 0},
     {"data.shuffle", K_BOOL, 0, F(shuffle), 0, 1},
     {"data.seed", K_LONG, 0, F(data_seed), 0, BIG},
+    {"checkpoint", K_OBJ, 1, NOF, 0, 0},
+    {"checkpoint.every_steps", K_LONG, 0, F(ckpt_every), 0, BIG},
+    {"checkpoint.keep", K_INT, 0, F(ckpt_keep), 0, 1 << 20},
+    {"checkpoint.dir", K_SPECIAL, 0, NOF, 0, 0},
+    {"watchdog", K_OBJ, 0, NOF, 0, 0},
+    {"watchdog.timeout_s", K_DOUBLE, 0, F(watchdog_timeout), 0, HUGE_VAL},
 };
 
 /* DeepSpeed keys vlmtrain accepts and ignores (with a warning naming them). */
@@ -99,7 +105,9 @@ static const char *const DS_UNUSED[] = {
     "zero_force_ds_cpu_optimizer", "prescale_gradients", "communication_data_type",
     "seq_parallel_communication_data_type", "gradient_predivide_factor", "sparse_gradients",
     "dump_state", "flops_profiler", "activation_checkpointing", "tensorboard", "wandb",
-    "csv_monitor", "comet", "comms_logger", "monitor_config", "checkpoint", "data_types", "aio",
+    "csv_monitor", "comet", "comms_logger", "monitor_config", "checkpoint.tag_validation",
+    "checkpoint.load_universal", "checkpoint.use_node_local_storage", "checkpoint.parallel_write",
+    "data_types", "aio",
     "elasticity", "autotuning", "compression_training", "data_efficiency",
     "curriculum_learning", "sparse_attention", "pipeline", "timers", "disable_allgather",
     "load_universal_checkpoint", "use_node_local_storage", "graph_harvesting",
@@ -163,6 +171,10 @@ void train_config_defaults(train_config *t) {
   t->recompute_llm = 0;
   t->shuffle = 1;
   t->data_seed = 1234;
+  t->ckpt_every = 0;
+  t->ckpt_keep = 3;
+  t->ckpt_dir[0] = '\0';
+  t->watchdog_timeout = 600;
   t->json_text = NULL;
 }
 
@@ -548,6 +560,8 @@ static int read_values(train_config *t, const cJSON *root, const char *what) {
     VLM_FAIL("%s: \"scheduler.params\" gives both \"warmup_num_steps\" and \"warmup_ratio\": give "
              "one",
              what);
+  v = get_path(root, "checkpoint.dir");
+  if (v) VLM_CHECK(get_string(v, what, "checkpoint.dir", t->ckpt_dir, sizeof t->ckpt_dir));
   v = get_path(root, "trainable");
   if (v) VLM_CHECK(parse_trainable(t, v, what));
   v = get_path(root, "param_groups");

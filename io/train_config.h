@@ -51,6 +51,10 @@ typedef struct {
   int recompute_vit, recompute_llm; /* "recompute": {"vit": true, "llm": false} */
   int shuffle;             /* "data": {"shuffle": true, "seed": 1234} */
   long data_seed;
+  long ckpt_every;         /* "checkpoint": {"every_steps": 0 (only at the end), */
+  int ckpt_keep;           /*   "keep": 3 (last K checkpoints; 0 keeps all), */
+  char ckpt_dir[1024];     /*   "dir": "" (RUNDIR/checkpoints)} */
+  double watchdog_timeout; /* "watchdog": {"timeout_s": 600}: abort when a collective waits longer (0: off) */
   char *json_text;         /* the whole file, kept for checkpoints; freed by train_config_free */
 } train_config;
 

@@ -125,7 +125,7 @@ static long read_all(h5u_file *f, int mode /* 0 even, 1 skewed, 2 whole */) {
     long n = numel_of(s), lo = 0, hi = n;
     if (mode < 2) split(n, f->size, f->rank, mode, &lo, &hi);
     float *x = malloc((size_t)(hi > lo ? hi - lo : 1) * sizeof *x);
-    if (h5u_read_tensor_f32(f, s->path, lo, hi, x, 0) != 0) {
+    if (h5u_read_tensor_f32(f, s->path, lo, hi, x) != 0) {
       free(x);
       return -1;
     }
@@ -320,13 +320,13 @@ static int run_write(const char *dir) {
   float *x = malloc(37000 * sizeof *x);
   long lo, hi;
   split(37000, g_size, g_rank, 0, &lo, &hi);
-  rc2 = rc == 0 ? h5u_read_tensor_f32(&f, "/tensors/e.wide", lo, hi, x, 0) : 0;
+  rc2 = rc == 0 ? h5u_read_tensor_f32(&f, "/tensors/e.wide", lo, hi, x) : 0;
   check(rc == 0 && rc2 != 0 &&
             (g_rank != 0 || (strstr(vlm_last_error(), "checksum mismatch") &&
                              strstr(vlm_last_error(), "/tensors/e.wide") &&
                              strstr(vlm_last_error(), "corrupt.h5"))),
         "one flipped bit in a tensor: \"%s\"", g_rank == 0 ? vlm_last_error() : "");
-  rc2 = rc == 0 ? h5u_read_tensor_f32(&f, "/tensors/c.matrix", 0, 65, x, 0) : -1;
+  rc2 = rc == 0 ? h5u_read_tensor_f32(&f, "/tensors/c.matrix", 0, 65, x) : -1;
   check(rc2 == 0, "the other tensors of that file still verify");
   free(x);
   h5u_close(&f);
