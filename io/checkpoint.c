@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,8 +84,19 @@ int ckpt_save(const char *dir, zero_state *z, const adamw_state *opt, const ckpt
                                    "none: training draws no random numbers (no dropout); the data "
                                    "order is a function of data_seed and the epoch") == 0;
   ok = ok && model_h5_write_tensors(&f, z->reg, io_range, z) == 0;
+  /* Test hook (tests/ckpt): VLMTRAIN_TEST_KILL_IN_CKPT=STEP:RANK makes that rank
+   * SIGKILL itself here, halfway through writing that step's checkpoint. */
+  const char *kill_at = getenv("VLMTRAIN_TEST_KILL_IN_CKPT");
+  long kstep = -1, krank = -1;
+  if (kill_at && sscanf(kill_at, "%ld:%ld", &kstep, &krank) == 2 && kstep == st->step &&
+      krank == z->comm->rank)
+    raise(SIGKILL);
   ok = ok && write_moments(&f, z, opt) == 0;
+  long io[2] = {f.n_transfers, f.n_collective};
+  MPI_Allreduce(MPI_IN_PLACE, io, 2, MPI_LONG, MPI_SUM, comm);
   if (h5u_commit(&f, ok) != 0 || !ok) VLM_FAIL("checkpoint %s was not written (the previous ones are untouched)", path);
+  vlm_log("checkpoint %s: %ld of %ld dataset transfers were collective MPI-IO (all ranks)\n", path,
+          io[1], io[0]);
   VLM_CHECK(h5u_pointer_write(dir, CKPT_POINTER, name, comm));
   VLM_CHECK(h5u_keep_last(dir, CKPT_PREFIX, CKPT_SUFFIX, keep, CKPT_POINTER, comm));
   return 0;

@@ -263,7 +263,7 @@ static int build_monkey(builder *b, const cJSON *conv, int n) {
     int want = i % 2 == 0 ? ROLE_USER : ROLE_ASSISTANT;
     if (role != want)
       return skip_why(b->why, b->wn, CONV_BAD_CONVERSATION,
-                      "turn %d is from a %s, but Monkey's format alternates user, assistant, "
+                      "turn %d is a %s turn, but Monkey's format alternates user, assistant, "
                       "user, ... (use --format chatml for system turns)",
                       i, role == ROLE_SYSTEM ? "system" : role == ROLE_USER ? "user" : "assistant");
     if ((rc = emit_value(b, value, want == ROLE_ASSISTANT)) != CONV_OK) return rc;

@@ -339,9 +339,13 @@ int image_decode_file(const char *path, long long max_pixels, image_rgb *out, ch
   out->rgb = NULL;
   if (!path || !path[0]) return fail_why(why, why_len, IMG_MISSING, "empty image path");
   FILE *f = fopen(path, "rb");
-  if (!f)
-    return fail_why(why, why_len, errno == ENOENT || errno == ENOTDIR ? IMG_MISSING : IMG_UNREADABLE,
-                    "%s: %s", path, strerror(errno));
+  if (!f) {
+    int e = errno;
+    char msg[128];
+    if (strerror_r(e, msg, sizeof msg) != 0) snprintf(msg, sizeof msg, "error %d", e);
+    return fail_why(why, why_len, e == ENOENT || e == ENOTDIR ? IMG_MISSING : IMG_UNREADABLE,
+                    "%s: %s", path, msg); /* strerror_r: several threads decode at once */
+  }
   struct stat sb;
   if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
     fclose(f);

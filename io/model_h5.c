@@ -487,7 +487,7 @@ int model_h5_load_ranges(const registry *r, const char *path, MPI_Comm comm, mod
     unverified += st;
   }
   if (unverified > 0)
-    vlm_warn("%s: %ld tensors have no checksum attribute: their data was not verified\n", path, unverified);
+    vlm_warn("%s: %ld tensor(s) without a checksum attribute: their data was not verified\n", path, unverified);
   rc = 0;
 done:
   if (model_h5_close(&m) != 0) rc = -1;
@@ -1164,7 +1164,7 @@ int model_h5_export(const char *path, const char *out_dir, const model_h5_export
   if (h5u_finish(comm, &e) != 0) goto done;
   made_tmp = 0;
   if (unverified > 0)
-    vlm_warn("%s: %ld tensors have no checksum attribute: their data was not verified\n", path, unverified);
+    vlm_warn("%s: %ld tensor(s) without a checksum attribute: their data was not verified\n", path, unverified);
   vlm_log("export: %s -> %s: %d tensors%s, %.1f MiB of %s in %d file(s), %d rank(s), %.2f s\n", path,
           out_dir, n_sel, o->train_json ? " (trained only)" : "", (double)total_bytes / 1048576.0,
           o->dtype == ST_F32 ? "F32" : "BF16", n_shards, m.f.size, vlm_now() - t0);

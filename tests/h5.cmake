@@ -7,6 +7,10 @@
 #                   rename), corrupted tensor, bad files. Writes h5/ranges.h5.
 # h5_util_np1/np2:  C, 1 and 2 ranks verify every checksum of that file.
 # h5_util_h5dump:   `h5dump -H` reads it.
+# h5_model_load:    C, 2 ranks: the API the trainer uses (model_h5_load on
+#                   every rank, model_h5_load_ranges with ZeRO shards and
+#                   overlapping ranges, model_h5_save, a checkpoint-style file,
+#                   absent LoRA initialised as weights_load_hf_dir does).
 # h5_model:         Python: import/export round trips (fp32, bf16, fp16; single
 #                   file and shards; 1, 2 and 3 ranks), byte-identical tensor
 #                   data, h5dump -H and h5py on every file written, --trained-only,
@@ -26,3 +30,13 @@ set_tests_properties(h5_util_np3 h5_util_np1 h5_util_np2 h5_util_h5dump PROPERTI
   ENVIRONMENT "${VLM_TEST_ENV}")
 set_tests_properties(h5_util_np3 PROPERTIES FIXTURES_SETUP h5_ranges)
 set_tests_properties(h5_util_np1 h5_util_np2 h5_util_h5dump PROPERTIES FIXTURES_REQUIRED h5_ranges)
+
+add_executable(test_model_load h5/test_model_load.c)
+target_link_libraries(test_model_load PRIVATE vlm)
+add_test(NAME h5_model_load COMMAND ${_mpi} 2 --oversubscribe $<TARGET_FILE:test_model_load>
+  ${PROJECT_SOURCE_DIR}/configs/tiny.json WORKING_DIRECTORY ${VLM_TEST_WORK})
+set_tests_properties(h5_model_load PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}")
+
+vlm_py_test(h5_model h5/test_model_h5.py ${PROJECT_SOURCE_DIR}/configs/tiny.json
+  ${PROJECT_SOURCE_DIR}/configs/train-tiny.json)
+set_tests_properties(h5_model PROPERTIES TIMEOUT 900)

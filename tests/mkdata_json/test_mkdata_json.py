@@ -354,9 +354,13 @@ MONKEY.append({"id": "m101", "conversations": [
     {"from": "user", "value": LONG + " " + LONG}, {"from": "assistant", "value": "x"}]})  # no targets
 MONKEY.append(monkey(102, "img/truncated.jpg", "q", "a"))                             # image corrupt
 BAD_JSON = '{"id": "m103" "conversations": []}'                                        # bad JSON
+# not UTF-8 (a raw 0xFF byte in a string): cJSON takes it, the tokenizer refuses the text
+BAD_UTF8 = '{"id": "m104", "conversations": [{"from": "user", "value": "bad \udcff byte"}, ' \
+           '{"from": "assistant", "value": "x"}]}'
 EXPECTED_SKIPS = {"image corrupt": 2, "image missing": 1, "image unsupported format": 1,
                   "image too large": 1, "bad image tag": 1, "bad conversation": 1,
-                  "truncation cuts an image": 1, "no targets": 1, "bad JSON": 1}
+                  "truncation cuts an image": 1, "no targets": 1, "bad JSON": 1,
+                  "text the tokenizer refuses": 1}
 
 CHATML = [
     {"id": "c0", "conversations": [
@@ -447,15 +451,15 @@ def ref_truncate(toks, labs, imgs):
     return toks, labs, imgs, trunc
 
 
-def write_json(path, samples, raw_extra=None):
+def write_json(path, samples, raw_extra=(), raw_tail=()):
     parts = [json.dumps(s, ensure_ascii=False) for s in samples]
-    if raw_extra:
-        parts.insert(len(parts) // 2, raw_extra)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("[\n  " + ",\n  ".join(parts) + "\n]\n")
+    parts[len(parts) // 2:len(parts) // 2] = list(raw_extra)
+    parts += list(raw_tail)
+    with open(path, "wb") as f:  # surrogateescape: BAD_UTF8's \udcff becomes the raw byte 0xFF
+        f.write(("[\n  " + ",\n  ".join(parts) + "\n]\n").encode("utf-8", "surrogateescape"))
 
 
-write_json("monkey.json", MONKEY, BAD_JSON)
+write_json("monkey.json", MONKEY, [BAD_JSON], [BAD_UTF8])
 write_json("chatml.json", CHATML)
 
 
@@ -504,9 +508,12 @@ def compare(d, expected, label):
 # 3. Monkey format, one rank.
 
 expected_m, expected_skips, n_trunc = [], collections.Counter(), 0
-for s in MONKEY[: len(MONKEY) // 2] + [None] + MONKEY[len(MONKEY) // 2:]:
+for s in MONKEY[: len(MONKEY) // 2] + [None] + MONKEY[len(MONKEY) // 2:] + ["utf8"]:
     if s is None:
         expected_skips["bad JSON"] += 1
+        continue
+    if s == "utf8":
+        expected_skips["text the tokenizer refuses"] += 1
         continue
     conv = s["conversations"]
     if ROLE[conv[0]["from"]] != "user":
@@ -539,7 +546,7 @@ check("Monkey JSON, 1 rank: exit 0, summary lines, no .tmp left",
 rep = json.load(open("monkey_report.json")) if os.path.exists("monkey_report.json") else {}
 check("skip counts by reason, truncations and totals in the report",
       rep.get("skips") == EXPECTED_SKIPS and rep.get("truncated") == n_trunc == 1
-      and rep.get("samples") == len(expected_m) and rep.get("samples_in") == len(MONKEY) + 1
+      and rep.get("samples") == len(expected_m) and rep.get("samples_in") == len(MONKEY) + 2
       and sum(h["count"] for h in rep.get("histogram", [])) == len(expected_m), rep)
 
 rc, out, err = run([DATASET_TOOL, "check", "model.json", "monkey.h5"])

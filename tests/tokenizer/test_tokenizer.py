@@ -17,6 +17,7 @@ import random
 import struct
 import subprocess
 import sys
+import unicodedata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -149,10 +150,13 @@ check(f"trained ranks file: {len(ranks)} ranks ({n_merges} merges, {len(WHOLE)} 
 r = tool("load", RANKS)
 want = {"n_vocab": len(ranks) + len(specials)}
 got = {}
+pcre2_unicode = ""
 for line in r.stdout.splitlines():
     f = line.split()
     if f[0] == "n_vocab":
         got["n_vocab"] = int(f[1])
+    elif f[0] == "unicode":
+        pcre2_unicode = f[1]
     else:
         got[f[1]] = int(f[2])
 want.update({s: specials.get(s, -1) for s in got if s != "n_vocab"})
@@ -197,6 +201,32 @@ compare("encode_ordinary, long pieces (heap merge) and long runs", RANKS, enc, L
 used_whole = set(x for ids in all_ids for x in ids) & set(ranks[w.encode()] for w in WHOLE)
 check(f"whole-word tokens that no merge builds were emitted ({len(used_whole)} of {len(WHOLE)})",
       len(used_whole) == len(WHOLE))
+
+# Every code point in three contexts (letter run, whitespace/punctuation run, before a
+# contraction), with all byte pairs as tokens so that piece boundaries show in the ids.
+# Characters assigned after PCRE2's Unicode version may differ (docs/formats.md), so this
+# runs over the characters assigned in Python's Unicode tables when they are PCRE2's.
+if unicodedata.unidata_version == pcre2_unicode:
+    probe = {bytes([b]): i for i, b in enumerate(tkdata.bytes_order())}
+    pairs = [bytes([a, b]) for a in range(256) for b in range(256)]
+    random.Random(3).shuffle(pairs)
+    for p in pairs:
+        probe[p] = len(probe)
+    PROBE = os.path.join(WORK, "probe_pairs.tiktoken")
+    tkdata.write_ranks(PROBE, probe)
+    penc = tiktoken.Encoding("probe", pat_str=tkdata.QWEN_PATTERN, mergeable_ranks=probe,
+                             special_tokens=tkdata.qwen_specials(len(probe)))
+    cps = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000
+           and unicodedata.category(chr(c)) != "Cn"]
+    texts = [t for ch in cps for t in ("a" + ch + "a", " " + ch + ch + "1", ch + "'s")]
+    got_cp, _ = c_encode(PROBE, texts, tag="codepoints")
+    bad = [t for t, g in zip(texts, got_cp) if g != penc.encode_ordinary(t)]
+    check(f"every code point assigned in Unicode {pcre2_unicode} ({len(cps)}), in 3 contexts: "
+          "same pieces as tiktoken", not bad,
+          f"{len(bad)} differ, e.g. {[hex(ord(c)) for c in bad[0]] if bad else ''}")
+else:
+    print(f"NOTE: Python's Unicode {unicodedata.unidata_version} is not PCRE2's "
+          f"{pcre2_unicode!r}: the all-code-points check is not run")
 
 # ---- 4. special tokens ----
 sp_names = list(specials)

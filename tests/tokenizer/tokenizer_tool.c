@@ -1,6 +1,7 @@
 /* tests/tokenizer/tokenizer_tool.c: io/tokenizer.c as a small command for
  * tests/tokenizer/test_tokenizer.py (not installed):
- *   tokenizer_tool load RANKS                 load, print n_vocab and special ids
+ *   tokenizer_tool load RANKS                 load, print n_vocab, special ids and
+ *                                             PCRE2's Unicode version
  *   tokenizer_tool encode RANKS CASES OUT     (ordinary) \  CASES: records of a u32
  *   tokenizer_tool encode-special RANKS CASES OUT        /  length + bytes; OUT: a line
  *       per case, the ids or "E message"; OUT.dec: C's decode of its own ids, as records
@@ -12,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 
 #include "common/vlm.h"
 #include "io/tokenizer.h"
@@ -52,6 +56,9 @@ static int cmd_load(const char *ranks) {
                          "</img>",        "<imgpad>",     "<|extra_205|>", "hello"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
     printf("special %s %d\n", names[i], tokenizer_special_id(t, names[i]));
+  char uv[64] = "";
+  pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, uv);
+  printf("unicode %s\n", uv);
   tokenizer_free(t);
   return 0;
 }
