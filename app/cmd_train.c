@@ -22,6 +22,7 @@
 #include "io/config.h"
 #include "io/dataset.h"
 #include "io/loader.h"
+#include "io/model_h5.h"
 #include "io/train_config.h"
 #include "io/weights.h"
 #include "modules/model.h"
@@ -173,8 +174,22 @@ int cmd_train(int argc, char **argv) {
 
   char path[4096];
   monkey_config c;
-  snprintf(path, sizeof path, "%s/config.json", model_dir);
-  VLM_CHECK(monkey_config_load(&c, path));
+  /* --model: a HF directory, or a vlmtrain model/checkpoint file (.h5) whose
+   * config travels inside it */
+  struct stat msb;
+  const int model_is_h5 = stat(model_dir, &msb) == 0 && S_ISREG(msb.st_mode);
+  char *h5_config = NULL;
+  if (model_is_h5) {
+    model_h5 mh;
+    VLM_CHECK(model_h5_open(&mh, model_dir, MPI_COMM_WORLD));
+    c = mh.cfg;
+    h5_config = strdup(mh.config_json);
+    VLM_CHECK(model_h5_close(&mh));
+    if (!h5_config) VLM_FAIL("out of memory");
+  } else {
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    VLM_CHECK(monkey_config_load(&c, path));
+  }
   train_config t;
   VLM_CHECK(train_config_load(&t, o[2].value));
   if (o[4].value[0]) {
@@ -217,7 +232,14 @@ int cmd_train(int argc, char **argv) {
   VLM_CHECK_GOTO(registry_select(&r, &t), done);
   VLM_CHECK_GOTO(registry_alloc(&r), done);
   weights_load_stats ws;
-  VLM_CHECK_GOTO(weights_load_hf_dir(&r, model_dir, (unsigned long)t.seed, &ws), done);
+  memset(&ws, 0, sizeof ws);
+  if (model_is_h5) {
+    VLM_CHECK_GOTO(model_h5_load(&r, model_dir), done);
+    ws.n_loaded = r.n;
+    ws.n_files = 1;
+  } else {
+    VLM_CHECK_GOTO(weights_load_hf_dir(&r, model_dir, (unsigned long)t.seed, &ws), done);
+  }
   vlm_log("model: %s (%ld tensors from %d file(s); %ld LoRA tensors absent and initialised as "
           "upstream: lora_a Kaiming-uniform, lora_b 0, lora_scale 1)\n",
           model_dir, ws.n_loaded, ws.n_files, ws.n_lora_init);
@@ -265,8 +287,13 @@ int cmd_train(int argc, char **argv) {
                               t.recompute_llm), done);
   m_made = 1;
   VLM_CHECK_GOTO(adamw_init(&opt_state, &z, &t), done);
-  snprintf(path, sizeof path, "%s/config.json", model_dir);
-  VLM_CHECK_GOTO(config_read_file(path, &model_json, &json_len), done);
+  if (model_is_h5) {
+    model_json = h5_config;
+    h5_config = NULL;
+  } else {
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    VLM_CHECK_GOTO(config_read_file(path, &model_json, &json_len), done);
+  }
   VLM_CHECK_GOTO(ckpt_clean_dir(ckpt_dir, comms.world), done);
   if (o[6].value[0]) { /* --resume */
     ckpt_state cs;
@@ -429,7 +456,11 @@ int cmd_train(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/final", out_dir);
     char cfg_path[4096];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model_dir);
-    save_ok = weights_save_hf_dir(&r, path, cfg_path) == 0;
+    if (model_is_h5) { /* the config came from inside the file */
+      snprintf(cfg_path, sizeof cfg_path, "%s/model_config.json", out_dir);
+      save_ok = config_write_file(cfg_path, model_json, (long)strlen(model_json)) == 0;
+    }
+    save_ok = save_ok && weights_save_hf_dir(&r, path, cfg_path) == 0;
     if (save_ok) vlm_log("final weights: %s/model.safetensors (%.1f s)\n", path, vlm_now() - tw);
   }
   MPI_Allreduce(MPI_IN_PLACE, &save_ok, 1, MPI_INT, MPI_MIN, comms.world);
@@ -439,6 +470,7 @@ int cmd_train(int argc, char **argv) {
 
 done:
   free(model_json);
+  free(h5_config);
   if (metrics) fclose(metrics);
   if (summary) fclose(summary);
   vlm_free(before);

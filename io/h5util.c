@@ -1154,13 +1154,11 @@ int h5u_sum64_global(MPI_Comm comm, long n, long lo, long hi, const float *x, ui
   long long mine[2] = {lo, hi};
   long long *all = malloc((size_t)size * 2 * sizeof *all);
   int *order = malloc((size_t)size * sizeof *order);
-  uint64_t *parts = malloc((size_t)size * sizeof *parts);
-  int oom = !all || !order || !parts, any_oom = 0;
+  int oom = !all || !order, any_oom = 0;
   MPI_Allreduce(&oom, &any_oom, 1, MPI_INT, MPI_MAX, comm);
   if (any_oom) {
     free(all);
     free(order);
-    free(parts);
     if (oom) VLM_FAIL("checksum: out of memory for %d ranks", size);
     return -1;
   }
@@ -1168,7 +1166,7 @@ int h5u_sum64_global(MPI_Comm comm, long n, long lo, long hi, const float *x, ui
   /* ranks in order of lo (then rank); each one counts the part of its range
    * not already counted by the ranks before it */
   for (int r = 0; r < size; r++) order[r] = r;
-  for (int i = 1; i < size; i++) /* insertion sort: size is small */
+  for (int i = 1; i < size; i++) /* insertion sort: stable, size is small */
     for (int j = i; j > 0 && all[2 * order[j]] < all[2 * order[j - 1]]; j--) {
       int t = order[j];
       order[j] = order[j - 1];
@@ -1188,19 +1186,15 @@ int h5u_sum64_global(MPI_Comm comm, long n, long lo, long hi, const float *x, ui
   free(all);
   free(order);
   if (gap || covered != n) {
-    free(parts);
     if (rank == 0)
       vlm_error_at(__FILE__, __LINE__, __func__,
                    "checksum: cannot verify: the ranks' element ranges do not cover the tensor's "
-                   "%ld elements exactly once or more (%s)",
-                   n, gap ? "a gap between ranges" : "ranges end early");
+                   "%ld elements (%s)",
+                   n, gap ? "a gap between ranges" : "the ranges end early");
     return -1;
   }
-  uint64_t part = h5u_sum64_part((long)my_lo, (long)my_hi, x + (my_lo - lo));
-  MPI_Allgather(&part, 1, MPI_UINT64_T, parts, 1, MPI_UINT64_T, comm);
   uint64_t sum = 0;
-  for (int r = 0; r < size; r++) sum += parts[r]; /* mod 2^64, defined for unsigned */
-  free(parts);
+  VLM_CHECK(h5u_sum64_reduce(comm, h5u_sum64_part((long)my_lo, (long)my_hi, x + (my_lo - lo)), &sum));
   *checksum = h5u_sum64_final(sum, n);
   return 0;
 }
