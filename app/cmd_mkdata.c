@@ -73,7 +73,8 @@ static void mkdata_options(opt *o) {
       [O_OUT] = {"--out", "DATA.h5", NULL, "output file (written as DATA.h5.tmp, then renamed)", 0,
                  0},
       [O_IMAGES] = {"--images", "ROOT", ".",
-                    "--json: folder that relative <img>PATH</img> paths are resolved against", 0, 0},
+                    "--json: folder that relative <img>PATH</img> paths are resolved against", 0,
+                    0},
       [O_TOKENIZER] = {"--tokenizer", "RANKS", "",
                        "--json: Qwen's tiktoken ranks file (qwen.tiktoken); required with --json",
                        0, 0},
@@ -93,16 +94,14 @@ static void mkdata_options(opt *o) {
       [O_BLOCK] = {"--block", "N", "16",
                    "--json: samples per rank per round (bounds memory: N x images x S*S*3 bytes)",
                    0, 0},
-      [O_REPORT] = {"--report", "FILE", "", "--json: also write the summary as JSON to FILE", 0,
-                    0},
+      [O_REPORT] = {"--report", "FILE", "", "--json: also write the summary as JSON to FILE", 0, 0},
       [O_SHOW_SKIPS] = {"--show-skips", "N", "10",
-                        "--json: print the first N skipped samples of each rank with the reason",
-                        0, 0},
+                        "--json: print the first N skipped samples of each rank with the reason", 0,
+                        0},
       [O_SAMPLES] = {"--samples", "N", "256", "--synthetic: number of samples", 0, 0},
       [O_SEED] = {"--seed", "N", "1", "--synthetic: random seed (same seed: byte-identical file)",
                   0, 0},
-      [O_FMIN] = {"--filler-min", "N", "4", "--synthetic: fewest filler tokens per question", 0,
-                  0},
+      [O_FMIN] = {"--filler-min", "N", "4", "--synthetic: fewest filler tokens per question", 0, 0},
       [O_FMAX] = {"--filler-max", "N", "12", "--synthetic: most filler tokens per question", 0, 0},
       [O_MULTI] = {"--multi-image-every", "N", "0",
                    "--synthetic: every N-th sample has 2 images, the answer from the first (0 = "
@@ -187,8 +186,7 @@ static int json_opts_read(const opt *o, json_opts *j) {
   else if (strcmp(o[O_FORMAT].value, "chatml") == 0)
     j->format = CONV_CHATML;
   else
-    VLM_FAIL("vlmtrain mkdata: --format must be monkey or chatml, found \"%s\"",
-             o[O_FORMAT].value);
+    VLM_FAIL("vlmtrain mkdata: --format must be monkey or chatml, found \"%s\"", o[O_FORMAT].value);
   if (strcmp(o[O_TARGETS].value, "qwen") == 0)
     j->targets = CHATML_TARGETS_QWEN;
   else if (strcmp(o[O_TARGETS].value, "assistant") == 0)
@@ -246,29 +244,29 @@ static void note_skip(mk_stats *st, const json_opts *jo, int counter, const char
   st->c[counter]++;
   if (st->shown >= jo->show_skips) return;
   st->shown++;
-  fprintf(stderr, "mkdata: skipping sample %ld%s%s%s: %s: %s\n", index, id[0] ? " (id \"" : "",
-          id, id[0] ? "\")" : "", what, why);
+  fprintf(stderr, "mkdata: skipping sample %ld%s%s%s: %s: %s\n", index, id[0] ? " (id \"" : "", id,
+          id[0] ? "\")" : "", what, why);
 }
 
 /* ------------------------------------------------------------------------------
  * --json: one round's samples on this rank */
 
 typedef struct {
-  long n, cap;              /* candidate samples (conversation and truncation passed) */
-  long *index;              /* JSON index */
-  int64_t *len;             /* tokens */
-  int32_t *nimg;            /* images */
-  int64_t *targets;         /* labels that are not -100 */
-  uint8_t *trunc;           /* 1: truncated to seq_length */
-  char (*id)[80];           /* for messages */
-  int32_t *tok, *lab;       /* concatenated */
+  long n, cap;        /* candidate samples (conversation and truncation passed) */
+  long *index;        /* JSON index */
+  int64_t *len;       /* tokens */
+  int32_t *nimg;      /* images */
+  int64_t *targets;   /* labels that are not -100 */
+  uint8_t *trunc;     /* 1: truncated to seq_length */
+  char (*id)[80];     /* for messages */
+  int32_t *tok, *lab; /* concatenated */
   size_t nt, tcap;
-  char **path;              /* resolved image paths, concatenated */
-  int *ist;                 /* image status */
-  char (*iwhy)[320];        /* image failure reasons */
+  char **path;       /* resolved image paths, concatenated */
+  int *ist;          /* image status */
+  char (*iwhy)[320]; /* image failure reasons */
   long ni, icap;
-  uint8_t *px;              /* ni x S x S x 3 */
-  size_t px_images;         /* images px can hold */
+  uint8_t *px;      /* ni x S x S x 3 */
+  size_t px_images; /* images px can hold */
 } round_buf;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -362,8 +360,7 @@ static int round_images(round_buf *r, int S, const json_opts *jo, mk_stats *st) 
   const size_t img_bytes = (size_t)S * S * 3;
   if ((size_t)r->ni > r->px_images) {
     uint8_t *p = realloc(r->px, (size_t)r->ni * img_bytes);
-    if (!p)
-      VLM_FAIL("mkdata: out of memory for %ld images of %dx%d (lower --block)", r->ni, S, S);
+    if (!p) VLM_FAIL("mkdata: out of memory for %ld images of %dx%d (lower --block)", r->ni, S, S);
     r->px = p;
     r->px_images = (size_t)r->ni;
   }
@@ -418,8 +415,7 @@ static int round_images(round_buf *r, int S, const json_opts *jo, mk_stats *st) 
  * --json: input, setup agreement, summary */
 
 /* Rank 0 reads the file; every rank gets the bytes (broadcast in pieces). */
-static int read_json_everywhere(const char *path, int rank, MPI_Comm comm, char **text,
-                                long *len) {
+static int read_json_everywhere(const char *path, int rank, MPI_Comm comm, char **text, long *len) {
   *text = NULL;
   *len = 0;
   int rc = 0;
@@ -481,8 +477,8 @@ static void print_summary(const mk_stats *t, const json_opts *jo, long seq_len, 
   vlm_log(
       "mkdata: wrote %lld samples (of %ld in %s), %lld tokens (%lld targets), %lld images to %s "
       "in %.2f s on %d rank%s\n",
-      t->c[C_KEPT], n_in, jo->json, t->c[C_TOKENS], t->c[C_TARGETS], t->c[C_IMAGES], jo->out,
-      secs, ranks, ranks == 1 ? "" : "s");
+      t->c[C_KEPT], n_in, jo->json, t->c[C_TOKENS], t->c[C_TARGETS], t->c[C_IMAGES], jo->out, secs,
+      ranks, ranks == 1 ? "" : "s");
   char line[2048];
   size_t k = (size_t)snprintf(line, sizeof line, "mkdata: skipped %lld sample%s (%.2f%%)", skipped,
                               skipped == 1 ? "" : "s", n_in ? 100.0 * (double)skipped / n_in : 0.0);
@@ -583,7 +579,8 @@ static int mkdata_json(const json_opts *jo, MPI_Comm comm) {
   if (rank != 0) vlm_set_quiet_errors(0);
   if (agree_setup(src, rank, comm)) goto out;
   if (s.n == 0) {
-    if (rank == 0) vlm_error_at(__FILE__, __LINE__, __func__, "mkdata: %s holds no samples ([])", jo->json);
+    if (rank == 0)
+      vlm_error_at(__FILE__, __LINE__, __func__, "mkdata: %s holds no samples ([])", jo->json);
     goto out;
   }
   vlm_log("mkdata: %ld samples, %d rank%s, %s format, blocks of %ld samples per rank\n", s.n, size,
@@ -652,8 +649,10 @@ static int mkdata_json(const json_opts *jo, MPI_Comm comm) {
                    skipped, s.n, 100.0 * (double)skipped / (double)s.n, jo->max_skip);
     goto out;
   }
-  if (rank == 0 && jo->report[0]) src = write_report(jo->report, &tot, L, s.n, size, secs);
-  else src = 0;
+  if (rank == 0 && jo->report[0])
+    src = write_report(jo->report, &tot, L, s.n, size, secs);
+  else
+    src = 0;
   MPI_Bcast(&src, 1, MPI_INT, 0, comm);
   if (src) goto out;
   dataset_pwriter *wc = w;

@@ -23,6 +23,7 @@
 #include "io/dataset.h"
 #include "io/loader.h"
 #include "io/model_h5.h"
+#include "io/prefetch.h"
 #include "io/train_config.h"
 #include "io/weights.h"
 #include "modules/model.h"
@@ -30,12 +31,6 @@
 #include "modules/registry.h"
 #include "modules/zero.h"
 
-typedef struct {
-  int32_t *tokens, *labels;
-  uint8_t *pixels;
-  int *len, *n_img;
-  long *idx;
-} batch_buffers;
 
 static int make_dir(const char *path) {
   if (mkdir(path, 0755) != 0 && errno != EEXIST)
@@ -214,7 +209,7 @@ int cmd_train(int argc, char **argv) {
   model m = {0};
   int m_made = 0;
   adamw_state opt_state = {0};
-  batch_buffers bb = {0};
+  prefetcher pf = {0};
   long *all_idx = NULL;
   float *before = NULL;
   FILE *metrics = NULL, *summary = NULL;
@@ -311,15 +306,9 @@ int cmd_train(int argc, char **argv) {
       vlm_log("resume: no checkpoint in %s: starting at step 0\n", ckpt_dir);
     }
   }
-  const size_t img_bytes = (size_t)d.image_size * d.image_size * 3;
-  bb.tokens = vlm_alloc((size_t)max_tokens * sizeof(int32_t), "batch tokens");
-  bb.labels = vlm_alloc((size_t)max_tokens * sizeof(int32_t), "batch labels");
-  bb.pixels = vlm_alloc((size_t)(max_images > 0 ? max_images : 1) * img_bytes, "batch pixels");
-  bb.len = vlm_alloc((size_t)Bmax * sizeof(int), "batch lengths");
-  bb.n_img = vlm_alloc((size_t)Bmax * sizeof(int), "batch image counts");
-  bb.idx = vlm_alloc((size_t)Bmax * sizeof(long), "batch indices");
+  VLM_CHECK_GOTO(prefetch_init(&pf, &d, Bmax, max_tokens, max_images), done);
   all_idx = vlm_alloc((size_t)G * sizeof(long), "global batch indices");
-  if (!bb.tokens || !bb.labels || !bb.pixels || !bb.len || !bb.n_img || !bb.idx || !all_idx) goto done;
+  if (!all_idx) goto done;
   if (do_audit) {
     before = vlm_alloc((size_t)(z.n_local > 0 ? z.n_local : 1) * sizeof(float), "audit copy");
     if (!before) goto done;
@@ -344,6 +333,16 @@ int cmd_train(int argc, char **argv) {
           (int)(G / W), Bmax, t.train_steps, omp_get_max_threads(), t.recompute_vit ? "on" : "off",
           t.recompute_llm ? "on" : "off");
 
+  /* The reader thread fetches the next micro-batch while this one computes.
+   * pf_epoch/pf_cursor: the data position before the batch in flight, i.e. the
+   * first sample not consumed yet (what a checkpoint must record). */
+  long pf_epoch = order.epoch, pf_cursor = order.cursor;
+  int in_flight = 0;
+  if (step0 < t.train_steps) {
+    data_order_next(&order, all_idx, (int)G);
+    prefetch_start(&pf, all_idx + my_lo, B);
+    in_flight = 1;
+  }
   double ph[PH_N] = {0};
   zero_reset_stats(&z);
   const double t_start = vlm_now();
@@ -357,22 +356,20 @@ int cmd_train(int argc, char **argv) {
     long counts[2] = {0, 0}; /* tokens, targets */
     for (int mb = 0; mb < GA; mb++) {
       const double ti = vlm_now();
-      data_order_next(&order, all_idx, (int)G);
-      int read_ok = 1;
-      long t_off = 0, i_off = 0;
-      for (int j = 0; j < B && read_ok; j++) {
-        bb.idx[j] = all_idx[my_lo + j];
-        read_ok = dataset_read_sample(&d, bb.idx[j], bb.tokens + t_off, bb.labels + t_off,
-                                      &bb.len[j], bb.pixels + i_off * img_bytes, &bb.n_img[j]) == 0;
-        if (read_ok) {
-          t_off += bb.len[j];
-          i_off += bb.n_img[j];
-        }
-      }
+      sample_batch *sb = prefetch_wait(&pf);
+      in_flight = 0;
+      int read_ok = sb->rc == 0;
       MPI_Allreduce(MPI_IN_PLACE, &read_ok, 1, MPI_INT, MPI_MIN, comms.world);
       if (!read_ok) goto done;
-      mb_batch b = {.n_samples = B, .len = bb.len, .n_img = bb.n_img, .tokens = bb.tokens,
-                    .labels = bb.labels, .pixels = bb.pixels};
+      if (!(step + 1 == t.train_steps && mb + 1 == GA)) { /* fetch the next one meanwhile */
+        pf_epoch = order.epoch;
+        pf_cursor = order.cursor;
+        data_order_next(&order, all_idx, (int)G);
+        prefetch_start(&pf, all_idx + my_lo, B);
+        in_flight = 1;
+      }
+      mb_batch b = {.n_samples = B, .len = sb->len, .n_img = sb->n_img, .tokens = sb->tokens,
+                    .labels = sb->labels, .pixels = sb->pixels};
       long tgt = mb_count_targets(&b);
       MPI_Allreduce(MPI_IN_PLACE, &tgt, 1, MPI_LONG, MPI_SUM, comms.world);
       t_io += vlm_now() - ti;
@@ -432,7 +429,9 @@ int cmd_train(int argc, char **argv) {
     int last = step + 1 == t.train_steps;
     if (last || (t.ckpt_every > 0 && (step + 1) % t.ckpt_every == 0)) {
       const double tc = vlm_now();
-      ckpt_state cs = {.step = step + 1, .epoch = order.epoch, .cursor = order.cursor,
+      if (in_flight) prefetch_wait(&pf); /* HDF5 is not thread-safe: the reader must be idle */
+      ckpt_state cs = {.step = step + 1, .epoch = in_flight ? pf_epoch : order.epoch,
+                       .cursor = in_flight ? pf_cursor : order.cursor,
                        .data_seed = t.data_seed, .shuffle = t.shuffle, .R = comms.R, .S = comms.S};
       VLM_CHECK_GOTO(ckpt_save(ckpt_dir, &z, &opt_state, &cs, model_json, t.json_text, t.ckpt_keep),
                      done);
@@ -475,12 +474,7 @@ done:
   if (summary) fclose(summary);
   vlm_free(before);
   vlm_free(all_idx);
-  vlm_free(bb.tokens);
-  vlm_free(bb.labels);
-  vlm_free(bb.pixels);
-  vlm_free(bb.len);
-  vlm_free(bb.n_img);
-  vlm_free(bb.idx);
+  prefetch_free(&pf);
   adamw_free(&opt_state);
   if (m_made) model_free(&m);
   data_order_free(&order);

@@ -8,6 +8,7 @@ int cmd_params(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_mkdata(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_scaling(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 

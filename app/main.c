@@ -19,6 +19,7 @@ static const command COMMANDS[] = {
     {"init", cmd_init, "write a randomly initialised model directory (config.json + model.safetensors)"},
     {"mkdata", cmd_mkdata, "write a dataset in vlmtrain's HDF5 format (--synthetic: a learnable toy task)"},
     {"train", cmd_train, "train a model on a dataset; writes RUNDIR/metrics.jsonl and RUNDIR/final/"},
+    {"scaling", cmd_scaling, "scaling-study table and PNG from run directories (docs/slurm.md)"},
     {"import", cmd_import, "convert a HF safetensors model directory to one vlmtrain model file (HDF5)"},
     {"export", cmd_export, "write a HF safetensors directory from a vlmtrain model or checkpoint file"},
 };

@@ -2,7 +2,7 @@
 """benchmarks/bench_tokenizer.py: encoding speed of vlmtrain's tokenizer against tiktoken.
 
 Usage: python3 benchmarks/bench_tokenizer.py [--build build] [--mb 4] [--merges 10000]
-                                             [--reps 5] [--venv BUILD/tokenizer-venv]
+                                             [--reps 7] [--venv BUILD/tokenizer-venv]
 
 Trains a byte-level BPE ranks file (tests/tokenizer/tkdata.py, the test's trainer),
 generates MB of mixed multilingual text (English, code, CJK, Arabic, emoji, numbers,
@@ -85,6 +85,6 @@ for name, ts, n in (("C (io/tokenizer.c)", c_times, len(c_ids)),
 same = c_ids == tk_ids
 print(f"ids identical: {same}")
 c_mbs, tk_mbs = mb / min(c_times), mb / min(tk_times)
-print(f"speed (best of {args.reps}, single thread): C {c_mbs:.2f} MB/s, tiktoken {tk_mbs:.2f} MB/s, "
-      f"ratio C/tiktoken {c_mbs / tk_mbs:.2f}")
+print(f"speed (best of {args.reps}, single thread): C {c_mbs:.2f} MB/s, "
+      f"tiktoken {tk_mbs:.2f} MB/s, ratio C/tiktoken {c_mbs / tk_mbs:.2f}")
 sys.exit(0 if same else 1)

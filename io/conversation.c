@@ -204,16 +204,17 @@ static int emit_value(builder *b, const char *text, int target) {
   for (;;) {
     const char *open = find_in(p, end, OPEN), *close = find_in(p, end, CLOSE);
     if (close && (!open || close < open))
-      return skip_why(b->why, b->wn, CONV_BAD_IMAGE_TAG, "</img> without <img> at byte %zu of \"%.40s\"",
-                      (size_t)(close - text), text);
+      return skip_why(b->why, b->wn, CONV_BAD_IMAGE_TAG,
+                      "</img> without <img> at byte %zu of \"%.40s\"", (size_t)(close - text),
+                      text);
     if (!open) return emit_text(b, p, (size_t)(end - p), target, 1);
     int rc = emit_text(b, p, (size_t)(open - p), target, 1);
     if (rc != CONV_OK) return rc;
     const char *path = open + sizeof OPEN - 1;
     const char *path_end = find_in(path, end, CLOSE);
     if (!path_end)
-      return skip_why(b->why, b->wn, CONV_BAD_IMAGE_TAG, "<img> without </img> at byte %zu of \"%.40s\"",
-                      (size_t)(open - text), text);
+      return skip_why(b->why, b->wn, CONV_BAD_IMAGE_TAG,
+                      "<img> without </img> at byte %zu of \"%.40s\"", (size_t)(open - text), text);
     if (find_in(path, path_end, OPEN))
       return skip_why(b->why, b->wn, CONV_BAD_IMAGE_TAG, "<img> inside <img>...</img> at byte %zu",
                       (size_t)(open - text));
@@ -265,7 +266,10 @@ static int build_monkey(builder *b, const cJSON *conv, int n) {
       return skip_why(b->why, b->wn, CONV_BAD_CONVERSATION,
                       "turn %d is a %s turn, but Monkey's format alternates user, assistant, "
                       "user, ... (use --format chatml for system turns)",
-                      i, role == ROLE_SYSTEM ? "system" : role == ROLE_USER ? "user" : "assistant");
+                      i,
+                      role == ROLE_SYSTEM ? "system"
+                      : role == ROLE_USER ? "user"
+                                          : "assistant");
     if ((rc = emit_value(b, value, want == ROLE_ASSISTANT)) != CONV_OK) return rc;
     if (want == ROLE_ASSISTANT && emit_id(b->s, b->o->eod, 1))
       return skip_why(b->why, b->wn, CONV_NO_MEMORY, "out of memory");
@@ -279,7 +283,8 @@ static int chatml_block(builder *b, int role, const char *text) {
   const int qwen = b->o->targets == CHATML_TARGETS_QWEN, asst = role == ROLE_ASSISTANT;
   const char *name = role == ROLE_SYSTEM ? "system" : role == ROLE_USER ? "user" : "assistant";
   int rc;
-  if (emit_id(b->s, b->o->im_start, qwen)) return skip_why(b->why, b->wn, CONV_NO_MEMORY, "out of memory");
+  if (emit_id(b->s, b->o->im_start, qwen))
+    return skip_why(b->why, b->wn, CONV_NO_MEMORY, "out of memory");
   if ((rc = emit_text(b, name, strlen(name), 0, 0)) != CONV_OK) return rc;
   if ((rc = emit_text(b, "\n", 1, 0, 0)) != CONV_OK) return rc;
   if ((rc = emit_value(b, text, asst)) != CONV_OK) return rc;
@@ -323,8 +328,8 @@ int conv_build(const conv_options *o, const char *json, size_t len, conv_sample 
   cJSON *root = cJSON_ParseWithLengthOpts(json, len, &parse_end, 0);
   if (!root) {
     size_t at = parse_end && parse_end >= json ? (size_t)(parse_end - json) : 0;
-    return skip_why(why, why_len, CONV_BAD_JSON, "does not parse as JSON (near byte %zu of the element)",
-                    at);
+    return skip_why(why, why_len, CONV_BAD_JSON,
+                    "does not parse as JSON (near byte %zu of the element)", at);
   }
   int rc = CONV_OK;
   const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");

@@ -77,11 +77,11 @@ typedef struct {
   int32_t *tokens; /* n of them; grown with realloc (tokenizer.h protocol) */
   int32_t *labels; /* n of them */
   size_t n, cap, label_cap;
-  char **images;       /* n_images paths, as written between the tags (malloc'd) */
-  size_t *image_pos;   /* token position of each image's <img> */
+  char **images;     /* n_images paths, as written between the tags (malloc'd) */
+  size_t *image_pos; /* token position of each image's <img> */
   int n_images, image_cap;
-  int image_span;      /* tokens per image span: <img> + img_slots + </img> */
-  char id[80];         /* the sample's "id" as text ("" when absent), for messages */
+  int image_span; /* tokens per image span: <img> + img_slots + </img> */
+  char id[80];    /* the sample's "id" as text ("" when absent), for messages */
 } conv_sample;
 
 void conv_sample_free(conv_sample *s);

@@ -381,16 +381,24 @@ fail:
 }
 
 void dataset_close(dataset *d) {
-  if (d->file > 0) {
-    h5_quiet q;
-    h5_quiet_on(&q);
-    H5Fclose((hid_t)d->file);
-    h5_quiet_off(&q);
-  }
+  h5_quiet q;
+  h5_quiet_on(&q);
+  if (d->collective) /* dataset_open_mpi's data sets, opened collectively: closed on every rank */
+    for (int k = 0; k < 3; k++) {
+      if (d->dsets[k] >= 0) H5Dclose((hid_t)d->dsets[k]);
+      d->dsets[k] = -1;
+    }
+  if (d->file > 0) H5Fclose((hid_t)d->file);
+  h5_quiet_off(&q);
   d->file = -1;
   vlm_free(d->offsets);
   vlm_free(d->image_offsets);
   d->offsets = d->image_offsets = NULL;
+  vlm_free(d->stage);
+  d->stage = NULL;
+  d->stage_bytes = 0;
+  if (d->mpi) MPI_Comm_free(&d->comm);
+  d->mpi = d->collective = 0;
 }
 
 /* The per-sample rules: ids in the vocabulary, labels in it or -100, and each
@@ -452,6 +460,11 @@ int dataset_read_sample(dataset *d, long i, int32_t *tokens, int32_t *labels, in
                         uint8_t *pixels, int *n_img) {
   if (d->file <= 0)
     VLM_FAIL("dataset %s: read of sample %ld from a dataset that is not open", d->path, i);
+  if (d->collective)
+    VLM_FAIL(
+        "dataset %s: read of sample %ld: the dataset was opened for collective reads "
+        "(dataset_open_mpi with collective = 1); read it with dataset_read_samples on every rank",
+        d->path, i);
   if (i < 0 || i >= d->n_samples)
     VLM_FAIL("dataset %s: sample %ld does not exist (the file has %ld samples)", d->path, i,
              d->n_samples);
@@ -958,7 +971,8 @@ static int pw_open_body(dataset_pwriter *w) {
     w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   if (w->file < 0) h5_reason(why);
   h5_close_id(&fapl, H5Pclose);
-  if (w->file < 0) VLM_FAIL("dataset %s: cannot create %s (parallel HDF5): %s", w->path, w->tmp, why);
+  if (w->file < 0)
+    VLM_FAIL("dataset %s: cannot create %s (parallel HDF5): %s", w->path, w->tmp, why);
   w->dxpl = H5Pcreate(H5P_DATASET_XFER);
   if (w->dxpl < 0 || H5Pset_dxpl_mpio(w->dxpl, H5FD_MPIO_COLLECTIVE) < 0)
     VLM_FAIL("dataset %s: cannot set up collective transfers: %s", w->tmp, h5_reason(why));
@@ -986,7 +1000,8 @@ static int pw_open_body(dataset_pwriter *w) {
 
 int dataset_pwriter_open(dataset_pwriter **out, const char *path, int image_size, MPI_Comm comm) {
   *out = NULL;
-  if (strlen(path) >= 1024) VLM_FAIL("dataset path too long (%zu characters): %s", strlen(path), path);
+  if (strlen(path) >= 1024)
+    VLM_FAIL("dataset path too long (%zu characters): %s", strlen(path), path);
   if (image_size < 1) VLM_FAIL("dataset %s: image_size must be >= 1, got %d", path, image_size);
   dataset_pwriter *w = calloc(1, sizeof *w);
   int ok = w != NULL;
@@ -1075,8 +1090,8 @@ static int pw_append_body(dataset_pwriter *w, long n, const int64_t *lengths, co
   VLM_CHECK(pw_extend(w, w->tokens, "/samples/tokens", (hsize_t)(w->n_tokens + total[1])));
   VLM_CHECK(pw_extend(w, w->labels, "/samples/labels", (hsize_t)(w->n_tokens + total[1])));
   VLM_CHECK(pw_extend(w, w->offsets, "/samples/offsets", (hsize_t)(w->n_samples + total[0])));
-  VLM_CHECK(pw_extend(w, w->image_offsets, "/samples/image_offsets",
-                      (hsize_t)(w->n_samples + total[0])));
+  VLM_CHECK(
+      pw_extend(w, w->image_offsets, "/samples/image_offsets", (hsize_t)(w->n_samples + total[0])));
   VLM_CHECK(pw_extend(w, w->pixels, "/images/pixels", (hsize_t)(w->n_images + total[2])));
   const hsize_t S = (hsize_t)w->image_size;
   hsize_t ts[1] = {(hsize_t)t0}, tc[1] = {(hsize_t)mine[1]};
@@ -1103,7 +1118,9 @@ int dataset_pwriter_append(dataset_pwriter *w, long n_samples, const int64_t *le
   if (!pw_all(w->comm, ok)) {
     free(offs);
     free(ioffs);
-    if (!ok) VLM_FAIL("dataset %s: out of memory (or a negative count) appending %ld samples", w->tmp, n_samples);
+    if (!ok)
+      VLM_FAIL("dataset %s: out of memory (or a negative count) appending %ld samples", w->tmp,
+               n_samples);
     return -1;
   }
   h5_quiet q;
@@ -1127,10 +1144,10 @@ void dataset_pwriter_totals(const dataset_pwriter *w, long *n_samples, long *n_t
 }
 
 static int pw_commit_body(dataset_pwriter *w) {
-  if (w->n_samples < 1) VLM_FAIL("dataset %s: no samples to write (a dataset needs at least one)", w->path);
+  if (w->n_samples < 1)
+    VLM_FAIL("dataset %s: no samples to write (a dataset needs at least one)", w->path);
   VLM_CHECK(pw_extend(w, w->offsets, "/samples/offsets", (hsize_t)(w->n_samples + 1)));
-  VLM_CHECK(pw_extend(w, w->image_offsets, "/samples/image_offsets",
-                      (hsize_t)(w->n_samples + 1)));
+  VLM_CHECK(pw_extend(w, w->image_offsets, "/samples/image_offsets", (hsize_t)(w->n_samples + 1)));
   int64_t last_t = w->n_tokens, last_i = w->n_images;
   hsize_t at[1] = {(hsize_t)w->n_samples}, one[1] = {w->rank == 0 ? 1u : 0u};
   VLM_CHECK(pw_put(w, w->offsets, "/samples/offsets", H5T_NATIVE_INT64, 1, at, one, &last_t));
@@ -1213,4 +1230,364 @@ void dataset_pwriter_abort(dataset_pwriter *w) {
   MPI_Barrier(w->comm);
   if (w->rank == 0) unlink(w->tmp);
   free(w);
+}
+
+/* ------------------------------------------------------------------------------
+ * Parallel reader (issue 4): dataset_open_mpi checks the file once, on rank 0,
+ * and broadcasts what it found; dataset_read_samples in collective mode reads a
+ * rank's samples with one collective H5Dread per data set, over the union of the
+ * samples' rows, sorted and de-duplicated (HDF5 walks a union in file order),
+ * then copies them out in the order asked for. Every step that can fail on some
+ * ranks only is agreed on before the next collective call, so no rank hangs. */
+
+#define AGREE_MSG_LEN 4096
+
+/* Agrees on a step that may have failed on some ranks (rc == -1 there, reported
+ * with VLM_FAIL). 0 when it succeeded everywhere; otherwise -1 on every rank and
+ * every rank ends with the same error message, that of the lowest failing rank
+ * (the ranks that have not reported exactly that message report it now). */
+static int mpi_agree(MPI_Comm comm, int rc) {
+  int rank, mine, first;
+  MPI_Comm_rank(comm, &rank);
+  mine = rc ? rank : INT_MAX;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+  if (first == INT_MAX) return 0;
+  char msg[AGREE_MSG_LEN];
+  if (rank == first) snprintf(msg, sizeof msg, "%s", vlm_last_error());
+  MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, comm);
+  if (rc == 0 || strcmp(msg, vlm_last_error()) != 0) VLM_FAIL("%s", msg);
+  return -1;
+}
+
+/* Broadcasts n int64 values from rank 0, in pieces whose count fits an int. */
+static void bcast_i64(int64_t *v, long n, MPI_Comm comm) {
+  const long piece = 1L << 26;
+  for (long k = 0; k < n; k += piece)
+    MPI_Bcast(v + k, (int)(n - k < piece ? n - k : piece), MPI_INT64_T, 0, comm);
+}
+
+static const char *const coll_names[3] = {"/samples/tokens", "/samples/labels", "/images/pixels"};
+
+/* Every rank: the file with the MPI-IO driver on d->comm, collective metadata reads. */
+static int open_mpio(dataset *d) {
+  char why[200] = "";
+  hid_t f = -1, fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl >= 0 && H5Pset_fapl_mpio(fapl, d->comm, MPI_INFO_NULL) >= 0 &&
+      H5Pset_all_coll_metadata_ops(fapl, 1) >= 0)
+    f = H5Fopen(d->path, H5F_ACC_RDONLY, fapl);
+  if (f < 0) h5_reason(why);
+  h5_close_id(&fapl, H5Pclose);
+  if (f < 0)
+    VLM_FAIL("dataset %s: rank %d cannot open it with the MPI-IO driver: %s", d->path, d->rank,
+             why);
+  d->file = f;
+  return 0;
+}
+
+/* Collective mode: the three data sets, each rank making the same three calls. */
+static int open_coll_dsets(dataset *d) {
+  char why[200] = "";
+  const char *bad = NULL;
+  for (int k = 0; k < 3; k++) {
+    d->dsets[k] = H5Dopen2((hid_t)d->file, coll_names[k], H5P_DEFAULT);
+    if (d->dsets[k] < 0 && !bad) {
+      bad = coll_names[k];
+      h5_reason(why);
+    }
+  }
+  if (bad) VLM_FAIL("dataset %s: rank %d cannot open %s: %s", d->path, d->rank, bad, why);
+  return 0;
+}
+
+int dataset_open_mpi(dataset *d, const char *path, const monkey_config *c, MPI_Comm comm,
+                     int collective) {
+  MPI_Comm own;
+  MPI_Comm_dup(comm, &own);
+  int rank;
+  MPI_Comm_rank(own, &rank);
+  memset(d, 0, sizeof *d);
+  d->file = -1;
+  /* the checks, once: rank 0 opens the file as dataset_open does */
+  int rc = rank == 0 ? dataset_open(d, path, c) : 0;
+  if (rank == 0 && rc == 0 && collective) {
+    h5_quiet q;
+    h5_quiet_on(&q);
+    H5Fclose((hid_t)d->file); /* reopened below with the MPI-IO driver */
+    h5_quiet_off(&q);
+    d->file = -1;
+  }
+  d->cfg = c;
+  snprintf(d->path, sizeof d->path, "%s", path);
+  d->mpi = 1;
+  d->comm = own;
+  d->rank = rank;
+  d->collective = collective ? 1 : 0;
+  for (int k = 0; k < 3; k++) d->dsets[k] = -1;
+  if (mpi_agree(own, rc) != 0) goto fail;
+
+  /* what rank 0 found, to everyone */
+  long long hdr[6] = {d->n_samples, d->n_tokens,  d->n_images,
+                      d->image_size, d->max_len, d->max_images};
+  MPI_Bcast(hdr, 6, MPI_LONG_LONG, 0, own);
+  if (rank != 0) {
+    d->n_samples = (long)hdr[0];
+    d->n_tokens = (long)hdr[1];
+    d->n_images = (long)hdr[2];
+    d->image_size = (int)hdr[3];
+    d->max_len = (long)hdr[4];
+    d->max_images = (long)hdr[5];
+    size_t bytes = (size_t)(d->n_samples + 1) * sizeof(int64_t);
+    d->offsets = vlm_alloc(bytes, "dataset offsets");
+    d->image_offsets = vlm_alloc(bytes, "dataset image offsets");
+    rc = d->offsets && d->image_offsets ? 0 : -1;
+  }
+  if (mpi_agree(own, rc) != 0) goto fail;
+  bcast_i64(d->offsets, d->n_samples + 1, own);
+  bcast_i64(d->image_offsets, d->n_samples + 1, own);
+
+  /* every rank's own handle */
+  h5_quiet q;
+  h5_quiet_on(&q);
+  char why[200] = "";
+  if (collective) {
+    rc = open_mpio(d);
+  } else if (rank != 0) {
+    d->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (d->file < 0) {
+      h5_reason(why);
+      vlm_error_at(__FILE__, __LINE__, __func__, "dataset %s: rank %d cannot open it: %s", path,
+                   rank, why);
+      rc = -1;
+    }
+  }
+  h5_quiet_off(&q);
+  if (mpi_agree(own, rc) != 0) goto fail;
+  if (collective) {
+    h5_quiet_on(&q);
+    rc = open_coll_dsets(d);
+    h5_quiet_off(&q);
+    if (mpi_agree(own, rc) != 0) goto fail;
+  }
+  return 0;
+fail:
+  dataset_close(d);
+  return -1;
+}
+
+static int cmp_long(const void *a, const void *b) {
+  long x = *(const long *)a, y = *(const long *)b;
+  return (x > y) - (x < y);
+}
+
+/* What one rank reads in one collective call: its distinct samples in file
+ * order, where each one lands in the read buffers, and those buffers. */
+typedef struct {
+  long *uniq;            /* distinct sample indices, ascending */
+  int nu;
+  long *tok_at, *img_at; /* per uniq sample: first token / image in the read buffers */
+  long n_tok, n_img;     /* totals over uniq */
+  int direct;            /* idx strictly ascending: read straight into the caller's buffers */
+  int32_t *tok, *lab;    /* read buffers (the caller's or the staging buffer) */
+  uint8_t *px;
+} coll_plan;
+
+static void coll_plan_free(coll_plan *p) {
+  free(p->uniq);
+  free(p->tok_at);
+  free(p->img_at);
+  memset(p, 0, sizeof *p);
+}
+
+static int coll_plan_make(dataset *d, const long *idx, int n, int32_t *tokens, int32_t *labels,
+                          uint8_t *pixels, coll_plan *p) {
+  memset(p, 0, sizeof *p);
+  if (n < 0) VLM_FAIL("dataset %s: dataset_read_samples of %d samples", d->path, n);
+  for (int j = 0; j < n; j++)
+    if (idx[j] < 0 || idx[j] >= d->n_samples)
+      VLM_FAIL("dataset %s: sample %ld does not exist (the file has %ld samples)", d->path,
+               idx[j], d->n_samples);
+  if (n == 0) return 0;
+  p->uniq = malloc((size_t)n * sizeof *p->uniq);
+  p->tok_at = malloc((size_t)n * sizeof *p->tok_at);
+  p->img_at = malloc((size_t)n * sizeof *p->img_at);
+  if (!p->uniq || !p->tok_at || !p->img_at)
+    VLM_FAIL("dataset %s: out of memory planning a read of %d samples", d->path, n);
+  memcpy(p->uniq, idx, (size_t)n * sizeof *idx);
+  p->direct = 1;
+  for (int j = 1; j < n; j++)
+    if (idx[j] <= idx[j - 1]) p->direct = 0;
+  if (!p->direct) qsort(p->uniq, (size_t)n, sizeof *p->uniq, cmp_long);
+  for (int j = 0; j < n; j++)
+    if (p->nu == 0 || p->uniq[j] != p->uniq[p->nu - 1]) p->uniq[p->nu++] = p->uniq[j];
+  for (int u = 0; u < p->nu; u++) {
+    const long s = p->uniq[u];
+    p->tok_at[u] = p->n_tok;
+    p->img_at[u] = p->n_img;
+    p->n_tok += (long)(d->offsets[s + 1] - d->offsets[s]);
+    p->n_img += (long)(d->image_offsets[s + 1] - d->image_offsets[s]);
+  }
+  const size_t img_bytes = (size_t)d->image_size * d->image_size * 3;
+  if (p->direct) {
+    p->tok = tokens;
+    p->lab = labels;
+    p->px = pixels;
+    return 0;
+  }
+  const size_t tok_bytes = ((size_t)p->n_tok * sizeof(int32_t) + 63) / 64 * 64;
+  const size_t need = 2 * tok_bytes + (size_t)p->n_img * img_bytes;
+  if (need > d->stage_bytes) {
+    vlm_free(d->stage);
+    d->stage_bytes = 0;
+    d->stage = vlm_alloc(need, "dataset read staging buffer");
+    if (!d->stage) VLM_FAIL("dataset %s: cannot hold a staging buffer of %zu bytes", d->path, need);
+    d->stage_bytes = need;
+  }
+  p->tok = (int32_t *)d->stage;
+  p->lab = (int32_t *)((char *)d->stage + tok_bytes);
+  p->px = (uint8_t *)d->stage + 2 * tok_bytes;
+  return 0;
+}
+
+/* Selects in fs (a data set whose first dimension is indexed by off[]) the rows
+ * off[s] ..< off[s+1] of every sample s of uniq[0..nu), adjacent samples merged
+ * into one block; *rows gets their number. HDF5 iterates the union in file
+ * order, which is uniq's order. */
+static int select_rows(hid_t fs, const int64_t *off, const long *uniq, int nu, long *rows) {
+  hsize_t dims[4] = {0, 0, 0, 0}, start[4] = {0, 0, 0, 0}, count[4];
+  const int rank = H5Sget_simple_extent_dims(fs, dims, NULL);
+  if (rank < 1 || rank > 4 || H5Sselect_none(fs) < 0) return -1;
+  for (int r = 1; r < rank; r++) count[r] = dims[r];
+  int first = 1;
+  *rows = 0;
+  for (int a = 0; a < nu;) {
+    int b = a;
+    while (b + 1 < nu && uniq[b + 1] == uniq[b] + 1) b++;
+    const hsize_t r0 = (hsize_t)off[uniq[a]], r1 = (hsize_t)off[uniq[b] + 1];
+    if (r1 > r0) {
+      start[0] = r0;
+      count[0] = r1 - r0;
+      if (H5Sselect_hyperslab(fs, first ? H5S_SELECT_SET : H5S_SELECT_OR, start, NULL, count,
+                              NULL) < 0)
+        return -1;
+      first = 0;
+      *rows += (long)(r1 - r0);
+    }
+    a = b + 1;
+  }
+  return 0;
+}
+
+/* One collective H5Dread of data set k (0 tokens, 1 labels, 2 pixels) into buf.
+ * With active = 0 (nothing to read, or a local failure) the rank takes part with
+ * an empty selection. */
+static int coll_read_one(dataset *d, int k, const coll_plan *p, int active, void *buf) {
+  static const char dummy[8];
+  const hid_t memtype = k == 2 ? H5T_NATIVE_UINT8 : H5T_NATIVE_INT32;
+  const int64_t *off = k == 2 ? d->image_offsets : d->offsets;
+  const hsize_t row = k == 2 ? (hsize_t)d->image_size * d->image_size * 3 : 1;
+  char why[200] = "";
+  const char *what = "setup";
+  long rows = 0;
+  herr_t st = -1;
+  hid_t fs = H5Dget_space((hid_t)d->dsets[k]), ms = -1, dxpl = H5Pcreate(H5P_DATASET_XFER);
+  int sel_ok = fs >= 0 && active && select_rows(fs, off, p->uniq, p->nu, &rows) == 0;
+  if (fs >= 0 && active && !sel_ok) {
+    h5_reason(why);
+    what = "selection";
+  }
+  if (!sel_ok) rows = 0;
+  hsize_t elems = rows > 0 ? (hsize_t)rows * row : 1;
+  ms = H5Screate_simple(1, &elems, NULL);
+  if (fs >= 0 && ms >= 0 && dxpl >= 0 && H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE) >= 0) {
+    if (rows == 0) {
+      H5Sselect_none(fs);
+      H5Sselect_none(ms);
+    }
+    st = H5Dread((hid_t)d->dsets[k], memtype, ms, fs, dxpl, rows > 0 ? buf : (void *)dummy);
+    if (st < 0) {
+      h5_reason(why);
+      what = "read";
+    } else {
+      H5D_mpio_actual_io_mode_t mode = H5D_MPIO_NO_COLLECTIVE;
+      if (H5Pget_mpio_actual_io_mode(dxpl, &mode) < 0) mode = H5D_MPIO_NO_COLLECTIVE;
+      d->last_io_mode[k] = (int)mode;
+      d->n_coll_reads++;
+      if (mode != H5D_MPIO_NO_COLLECTIVE) d->n_coll_done++;
+    }
+  } else {
+    h5_reason(why);
+  }
+  h5_close_id(&dxpl, H5Pclose);
+  h5_close_id(&ms, H5Sclose);
+  h5_close_id(&fs, H5Sclose);
+  if (st < 0 || (active && !sel_ok))
+    VLM_FAIL("dataset %s: %s: collective read of %ld rows of %d samples failed (%s): %s",
+             d->path, coll_names[k], rows, p->nu, what, why);
+  return 0;
+}
+
+/* After the reads: checks each distinct sample, then copies them out in idx's
+ * order (unless they were read in place). */
+static int coll_finish(dataset *d, const long *idx, int n, const coll_plan *p, int32_t *tokens,
+                       int32_t *labels, int *len, uint8_t *pixels, int *n_img) {
+  const size_t img_bytes = (size_t)d->image_size * d->image_size * 3;
+  for (int u = 0; u < p->nu; u++) {
+    const long s = p->uniq[u];
+    const long nt = (long)(d->offsets[s + 1] - d->offsets[s]);
+    const long ni = (long)(d->image_offsets[s + 1] - d->image_offsets[s]);
+    VLM_CHECK(validate_sample(d, s, p->tok + p->tok_at[u], p->lab + p->tok_at[u], nt, ni));
+  }
+  long t = 0, im = 0;
+  for (int j = 0; j < n; j++) {
+    const long s = idx[j];
+    const long nt = (long)(d->offsets[s + 1] - d->offsets[s]);
+    const long ni = (long)(d->image_offsets[s + 1] - d->image_offsets[s]);
+    if (!p->direct) {
+      const long *hit = bsearch(&idx[j], p->uniq, (size_t)p->nu, sizeof *p->uniq, cmp_long);
+      const long u = hit - p->uniq;
+      memcpy(tokens + t, p->tok + p->tok_at[u], (size_t)nt * sizeof(int32_t));
+      memcpy(labels + t, p->lab + p->tok_at[u], (size_t)nt * sizeof(int32_t));
+      memcpy(pixels + (size_t)im * img_bytes, p->px + (size_t)p->img_at[u] * img_bytes,
+             (size_t)ni * img_bytes);
+    }
+    len[j] = (int)nt;
+    n_img[j] = (int)ni;
+    t += nt;
+    im += ni;
+  }
+  return 0;
+}
+
+static int read_samples_collective(dataset *d, const long *idx, int n, int32_t *tokens,
+                                   int32_t *labels, int *len, uint8_t *pixels, int *n_img) {
+  coll_plan p;
+  int rc = coll_plan_make(d, idx, n, tokens, labels, pixels, &p);
+  /* the three collective reads happen on every rank, whatever happened above */
+  h5_quiet q;
+  h5_quiet_on(&q);
+  void *bufs[3] = {p.tok, p.lab, p.px};
+  for (int k = 0; k < 3; k++) {
+    int r = coll_read_one(d, k, &p, rc == 0, bufs[k]);
+    if (rc == 0) rc = r;
+  }
+  h5_quiet_off(&q);
+  if (rc == 0) rc = coll_finish(d, idx, n, &p, tokens, labels, len, pixels, n_img);
+  coll_plan_free(&p);
+  return mpi_agree(d->comm, rc);
+}
+
+int dataset_read_samples(dataset *d, const long *idx, int n, int32_t *tokens, int32_t *labels,
+                         int *len, uint8_t *pixels, int *n_img) {
+  if (d->collective)
+    return read_samples_collective(d, idx, n, tokens, labels, len, pixels, n_img);
+  if (n < 0) VLM_FAIL("dataset %s: dataset_read_samples of %d samples", d->path, n);
+  const size_t img_bytes = (size_t)d->image_size * d->image_size * 3;
+  long t = 0, im = 0;
+  for (int j = 0; j < n; j++) {
+    VLM_CHECK(dataset_read_sample(d, idx[j], tokens + t, labels + t, &len[j],
+                                  pixels + (size_t)im * img_bytes, &n_img[j]));
+    t += len[j];
+    im += n_img[j];
+  }
+  return 0;
 }

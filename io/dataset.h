@@ -24,6 +24,19 @@ typedef struct {
   long max_len;           /* longest sample (tokens) */
   long max_images;        /* most images in one sample */
   const monkey_config *cfg;
+  /* added with dataset_open_mpi (issue 4); dataset_open leaves mpi = 0 */
+  int mpi;                 /* 1: opened by dataset_open_mpi; comm below is ours to free */
+  int collective;          /* 1: MPI-IO driver, collective reads in dataset_read_samples */
+  MPI_Comm comm;           /* a duplicate of the caller's communicator (when mpi) */
+  int rank;                /* this process's rank in comm (0 when not mpi) */
+  long long dsets[3];      /* hid_t of /samples/tokens, /samples/labels, /images/pixels
+                              (collective mode: opened once, collectively) */
+  int last_io_mode[3];     /* per dataset above: H5Pget_mpio_actual_io_mode of the latest
+                              collective read (H5D_mpio_actual_io_mode_t; 0 = none) */
+  long n_coll_reads;       /* collective H5Dread calls made by dataset_read_samples */
+  long n_coll_done;        /* of those, the ones HDF5 really did collectively */
+  void *stage;             /* staging buffer of the collective reader */
+  size_t stage_bytes;
 } dataset;
 
 /* Opens, checks format/version/image_size/shapes/offsets against the config. */
@@ -35,6 +48,31 @@ void dataset_close(dataset *d);
  * max_images. */
 int dataset_read_sample(dataset *d, long i, int32_t *tokens, int32_t *labels, int *len,
                         uint8_t *pixels, int *n_img);
+
+/* Parallel reader (issue 4). Opens the dataset on every rank of comm (collective).
+ * The checks of dataset_open run once, on rank 0, and their outcome, offsets and
+ * sizes are broadcast: every rank returns the same status and, on failure, ends
+ * with the same error message. collective = 0: each rank then opens the file with
+ * HDF5's default driver (reads are independent, like dataset_open's);
+ * collective = 1: every rank opens it with the MPI-IO driver on comm, with
+ * collective metadata reads, and the three data sets once. dataset_close is then
+ * collective over comm too. On a collectively opened dataset use
+ * dataset_read_samples (dataset_read_sample refuses it). */
+int dataset_open_mpi(dataset *d, const char *path, const monkey_config *c, MPI_Comm comm,
+                     int collective);
+/* Reads samples idx[0..n) (repeats allowed): tokens and labels of all of them
+ * concatenated in the order of idx (sum of len[j] elements), len[j] and n_img[j]
+ * per sample, pixels concatenated in the same order (sum of n_img[j] images).
+ * Every sample is checked as by dataset_read_sample; errors name file, sample and
+ * position. Buffers must hold n x max_len tokens and n x max_images images.
+ * Collective mode: collective over comm, every rank calls it (n may be 0; n and
+ * idx may differ per rank); one collective H5Dread per data set (tokens, labels,
+ * pixels) over the union of this rank's samples; the status is agreed, so a bad
+ * sample on one rank is the same error on every rank. d->last_io_mode records
+ * what HDF5 did. Otherwise (dataset_open, or dataset_open_mpi with collective = 0):
+ * per-sample reads with dataset_read_sample, local to the rank, no MPI calls. */
+int dataset_read_samples(dataset *d, const long *idx, int n, int32_t *tokens, int32_t *labels,
+                         int *len, uint8_t *pixels, int *n_img);
 
 /* Writes a whole dataset (serial; PATH.tmp then rename). */
 int dataset_write(const char *path, int image_size, long n_samples, const int64_t *offsets,

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* after stdio.h: jpeglib.h uses FILE */
 #include <jerror.h>
 #include <jpeglib.h>
 #include <png.h>
@@ -188,8 +189,8 @@ typedef struct {
   jmp_buf jump;
   char msg[JMSG_LENGTH_MAX + 32];
   int truncated;
-  uint8_t *row;    /* one decoded scanline */
-  uint8_t *rgb;    /* the output */
+  uint8_t *row; /* one decoded scanline */
+  uint8_t *rgb; /* the output */
 } jpeg_ctx;
 
 static void jpeg_on_error(j_common_ptr cinfo) {
@@ -395,10 +396,10 @@ static double cubic_kernel(double x) {
 }
 
 typedef struct {
-  int ksize;     /* taps per output coordinate (fixed stride in w) */
-  int *first;    /* first input index per output */
-  int *count;    /* taps per output */
-  int32_t *w;    /* out x ksize fixed-point weights */
+  int ksize;  /* taps per output coordinate (fixed stride in w) */
+  int *first; /* first input index per output */
+  int *count; /* taps per output */
+  int32_t *w; /* out x ksize fixed-point weights */
 } taps;
 
 static void taps_free(taps *t) {

@@ -5,8 +5,11 @@
  * whole and checked: strict base64, a decimal rank, ranks unique and dense
  * (0..N-1, lines in any order), no token twice, all 256 single bytes present;
  * each error names the file and line. Token bytes live in one arena indexed by
- * rank; an open-addressing hash table maps byte strings to ranks. The special
- * tokens (Qwen's 217, ids N, N+1, ...) sit in a second, small table.
+ * rank; an open-addressing hash table maps byte strings to ranks, and a merge
+ * table maps two adjacent tokens' ids to the rank of their concatenation (built
+ * at load from every split of every token, plus a direct 256 x 256 table for
+ * byte pairs), so merging never hashes bytes. The special tokens (Qwen's 217,
+ * ids N, N+1, ...) sit in a second, small string table.
  *
  * Encode: the text must be valid UTF-8 (invalid input is rejected with the byte
  * offset; tiktoken takes Python str, so it never sees such input). The text is
@@ -19,8 +22,9 @@
  * found by longest match at the leftmost position.
  *
  * One difference from a literal reading of the pattern: tiktoken's regex engine
- * (Rust) takes \s as Unicode White_Space, which includes U+0085; PCRE2's \s
- * under UCP does not. The pattern below therefore spells \s out as that class.
+ * (Rust) takes \s as Unicode White_Space; PCRE2's \s under UCP also matches
+ * U+180E (MONGOLIAN VOWEL SEPARATOR, not White_Space since Unicode 6.3). The
+ * pattern below therefore spells \s out as the White_Space class.
  * \p{L} and \p{N} follow PCRE2's Unicode tables, which may be a version behind
  * Rust's: characters assigned in the newest Unicode versions can split
  * differently. A loaded tokenizer is read-only: threads may share it.
@@ -39,7 +43,8 @@
 
 /* ---- Qwen's pre-tokenisation pattern and special tokens ---- */
 
-/* Unicode White_Space, which is what \s means to tiktoken's regex engine. */
+/* Unicode White_Space, which is what \s means to tiktoken's regex engine
+ * (PCRE2's \s would add U+180E). */
 #define WS                                                                                   \
   "\\t\\n\\x{0B}\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}" \
   "\\x{205F}\\x{3000}"
@@ -81,17 +86,17 @@ typedef struct {
 
 struct tokenizer {
   int32_t n_ranks;
-  unsigned char *bytes; /* token bytes: ranks 0..n_ranks-1, then the specials */
-  size_t *off;          /* n_ranks + N_SPECIAL + 1 offsets into bytes */
-  str_table ranks;
-  pair_slot *pairs;          /* (left id, right id) -> rank of their concatenation */
+  unsigned char *bytes;             /* token bytes: ranks 0..n_ranks-1, then the specials */
+  size_t *off;                      /* n_ranks + N_SPECIAL + 1 offsets into bytes */
+  str_table ranks;                  /* bytes -> rank */
+  pair_slot *pairs;                 /* (left id, right id) -> rank of their concatenation */
   size_t pair_mask;
-  str_table specials;        /* id - n_ranks */
-  uint64_t special_lens;     /* bit k: some special has k bytes */
+  int32_t byte_rank[256];           /* rank of each single byte */
+  int32_t *byte_pair_rank;          /* [a << 8 | b]: rank of the two bytes a b, or NO_RANK */
+  str_table specials;               /* text -> id - n_ranks */
+  uint64_t special_lens;            /* bit k: some special has k bytes */
   unsigned char special_first[256]; /* 1: some special starts with this byte */
-  int special_first_only;    /* the one first byte of every special, or -1 */
-  int32_t byte_rank[256];
-  int32_t *byte_pair_rank; /* [a << 8 | b]: rank of the two bytes a b, or NO_RANK */
+  int special_first_only;           /* the one first byte of every special, or -1 */
   pcre2_code *re;
 };
 

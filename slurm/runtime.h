@@ -55,9 +55,14 @@ int rt_startup_check(MPI_Comm world, char *desc, size_t n);
 int rt_signals_install(void);
 /* This rank's record: the first signal number received, 0 if none. */
 int rt_signal_received(void);
+/* What rt_stop_requested returns, bits ORed over all ranks. */
+#define RT_STOP_REQUEUE 1 /* SIGUSR1 (Slurm's warning): checkpoint, requeue, exit */
+#define RT_STOP_EXIT 2    /* SIGTERM (scancel, time limit, pre-emption): checkpoint, exit */
 /* Collective over `world` (call at a step boundary, on every rank): the
- * largest signal number any rank received, 0 if none. Non-zero means: all
- * ranks checkpoint now and stop. */
+ * RT_STOP_* bits of the signals any rank received, 0 if none. Non-zero means:
+ * all ranks write a checkpoint now and stop; requeue when RT_STOP_REQUEUE is
+ * set. SIGTERM alone does not requeue, so a plain `scancel` still ends the job
+ * for good (with a checkpoint if KillWait leaves time for it). */
 int rt_stop_requested(MPI_Comm world);
 /* Test hook: forget received signals. */
 void rt_signals_reset(void);

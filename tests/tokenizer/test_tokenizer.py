@@ -132,7 +132,8 @@ n_merges = len(ranks) - 256
 # Whole words as tokens that no merge builds: tiktoken emits a piece that is a token
 # as that token before merging, and so must the C side.
 WHOLE = [" Donaudampfschifffahrtsgesellschaftskapitän", " internationalization", "東京特許許可局",
-         " 안녕히가세요", " supercalifragilistic", "Pneumonoultramicroscopic", "\u0627\u0644\u062d\u0648\u0627\u0633\u064a\u0628"]
+         " 안녕히가세요", " supercalifragilistic", "Pneumonoultramicroscopic",
+         "\u0627\u0644\u062d\u0648\u0627\u0633\u064a\u0628"]
 for w in WHOLE:
     b = w.encode()
     if b not in ranks:
@@ -180,7 +181,8 @@ EDGE = [
     "", " ", "  ", "\n", "a", "hello world", "  leading", "trailing  ", "trailing \n",
     "x  \n  y", "\r\n\r\n", "a\r\n b", "\t\tindent\n\t", "don't DON'T Don'T 's 'S ''s foo's",
     "we'LL'VE'RE'M'D'T", "x'ſ x'K", "123456 1 2 3 3.14 ١٢٣ x²³ Ⅻ ½ ১২৩", "\u0085", "a\u0085b",
-    "a \u0085 b", "a  \u0085\u0085b", "\u00a0\u00a0x", "x\u3000\u3000y", "x\u2028\u2029y",
+    "a \u0085 b", "a  \u0085\u0085b", "a\u180eb", " \u180e\u180e1", "x \u180e y",
+    "\u00a0\u00a0x", "x\u3000\u3000y", "x\u2028\u2029y",
     "e\u0301\u0301x", "नमस्ते दुनिया", "👨‍👩‍👧‍👦 🇩🇪🇯🇵 👍🏽", "!!!??? !!!\n\n...\r\n",
     "<|endoftext|>", "<|endoftext|> <|im_start|>user\nhi<|im_end|>\n", "<img>a.jpg</img>",
     "\x00", "a\x00b", "ab\x1c\x1dc", "a\u200bb", "ǅx ΣΑΣ σας İstanbul ß ẞ ﬁ K Å", "   \t\n",
@@ -188,8 +190,8 @@ EDGE = [
     "مرحبا بالعالم", "Привет, мир!", "中文，测试。", "日本語のテキスト", "한국어 텍스트",
     "a" + " " * 5 + "b", " " * 5, "\n" * 4 + " x", "    def f():\n        return 1\n",
 ]
-compare("encode_ordinary, edge cases (whitespace, contractions, U+0085, marks, specials "
-        "as text)", RANKS, enc, EDGE, tag="edge")
+compare("encode_ordinary, edge cases (whitespace, contractions, U+0085, U+180E, marks, "
+        "specials as text)", RANKS, enc, EDGE, tag="edge")
 
 LONG = ["a" * 5000, "ab" * 3000, "".join(rng.choice("abcdefghij") for _ in range(4000)),
         "".join(rng.choice(tkdata.ZH) for _ in range(1500)), " " * 10000, "\n" * 5000,

@@ -147,7 +147,9 @@ def _word(rng, kind):
     if kind == "emoji":
         return "".join(rng.choice(EMOJI) for _ in range(rng.randint(1, 3)))
     if kind == "num":
-        return rng.choice(NUMS) if rng.random() < 0.5 else str(rng.randint(0, 10 ** rng.randint(1, 9)))
+        if rng.random() < 0.5:
+            return rng.choice(NUMS)
+        return str(rng.randint(0, 10 ** rng.randint(1, 9)))
     if kind == "code":
         return rng.choice(CODE)
     raise ValueError(kind)
