@@ -45,7 +45,9 @@ int cmd_export(int argc, char **argv) {
   if (trained_only && o[3].given)
     VLM_FAIL("option --shard-size-mb does not apply to --trained-only (one file)");
   eo.train_json = trained_only ? o[5].value : NULL;
-  if (model_h5_export(o[0].value, o[1].value, &eo, MPI_COMM_WORLD) != 0)
-    VLM_FAIL("vlmtrain export: %s was not written", o[1].value);
+  if (model_h5_export(o[0].value, o[1].value, &eo, MPI_COMM_WORLD) != 0) {
+    if (vlm_rank() == 0) VLM_FAIL("vlmtrain export: %s was not written", o[1].value);
+    return -1; /* every rank fails; rank 0 says so */
+  }
   return 0;
 }

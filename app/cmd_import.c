@@ -24,7 +24,9 @@ int cmd_import(int argc, char **argv) {
   long seed;
   VLM_CHECK(opt_long(&o[2], &seed));
   if (seed < 0) VLM_FAIL("option --seed: expected a non-negative integer, found %ld", seed);
-  if (model_h5_import(o[0].value, o[1].value, (unsigned long)seed, MPI_COMM_WORLD) != 0)
-    VLM_FAIL("vlmtrain import: %s was not written", o[1].value);
+  if (model_h5_import(o[0].value, o[1].value, (unsigned long)seed, MPI_COMM_WORLD) != 0) {
+    if (vlm_rank() == 0) VLM_FAIL("vlmtrain import: %s was not written", o[1].value);
+    return -1; /* every rank fails; rank 0 says so */
+  }
   return 0;
 }

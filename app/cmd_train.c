@@ -38,6 +38,10 @@ static int make_dir(const char *path) {
   return 0;
 }
 
+static float *shard_range(void *ctx, int idx, long *lo, long *hi) {
+  return zero_local_range((zero_state *)ctx, idx, lo, hi);
+}
+
 /* On resume: keeps the metrics lines of steps <= step (a run that died after
  * its last checkpoint logged steps that will be run again), atomically. */
 static int trim_metrics(const char *path, long step) {
@@ -225,26 +229,25 @@ int cmd_train(int argc, char **argv) {
   comms_made = 1;
   VLM_CHECK_GOTO(registry_build(&r, &c), done);
   VLM_CHECK_GOTO(registry_select(&r, &t), done);
-  VLM_CHECK_GOTO(registry_alloc(&r), done);
+  /* shards first, then each rank reads only its ranges of the weights: no rank
+   * ever holds the whole model */
+  VLM_CHECK_GOTO(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters,
+                           t.replicate_frozen), done);
+  z_made = 1;
   weights_load_stats ws;
   memset(&ws, 0, sizeof ws);
   if (model_is_h5) {
-    VLM_CHECK_GOTO(model_h5_load(&r, model_dir), done);
+    VLM_CHECK_GOTO(model_h5_load_ranges(&r, model_dir, comms.world, shard_range, &z), done);
     ws.n_loaded = r.n;
     ws.n_files = 1;
   } else {
-    VLM_CHECK_GOTO(weights_load_hf_dir(&r, model_dir, (unsigned long)t.seed, &ws), done);
+    VLM_CHECK_GOTO(weights_load_hf_dir_ranges(&r, model_dir, (unsigned long)t.seed, &ws,
+                                              shard_range, &z), done);
   }
   vlm_log("model: %s (%ld tensors from %d file(s); %ld LoRA tensors absent and initialised as "
           "upstream: lora_a Kaiming-uniform, lora_b 0, lora_scale 1)\n",
           model_dir, ws.n_loaded, ws.n_files, ws.n_lora_init);
   registry_print_summary(&r, &c);
-  VLM_CHECK_GOTO(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters,
-                           t.replicate_frozen), done);
-  z_made = 1;
-  vlm_free(r.params); /* the shards now hold the parameters */
-  vlm_free(r.grads);
-  r.params = r.grads = NULL;
 
   VLM_CHECK_GOTO(dataset_open(&d, data_path, &c), done);
   d_open = 1;

@@ -17,7 +17,7 @@ typedef struct {
 static const command COMMANDS[] = {
     {"params", cmd_params, "print the parameter registry summary of a model config"},
     {"init", cmd_init, "write a randomly initialised model directory (config.json + model.safetensors)"},
-    {"mkdata", cmd_mkdata, "write a dataset in vlmtrain's HDF5 format (--synthetic: a learnable toy task)"},
+    {"mkdata", cmd_mkdata, "write an HDF5 dataset from Monkey/ChatML JSON, images and a tokenizer (--json), or a synthetic one"},
     {"train", cmd_train, "train a model on a dataset; writes RUNDIR/metrics.jsonl and RUNDIR/final/"},
     {"scaling", cmd_scaling, "scaling-study table and PNG from run directories (docs/slurm.md)"},
     {"import", cmd_import, "convert a HF safetensors model directory to one vlmtrain model file (HDF5)"},

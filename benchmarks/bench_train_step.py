@@ -353,6 +353,9 @@ def main():
 
     load0 = os.getloadavg()
     facts = peak.cpu_facts()
+    if load0[0] > 0.5:
+        log("warning: load average %.2f before the benchmark starts: other work is running, "
+            "the timings will be noisy (compare minima, or re-run on an idle machine)" % load0[0])
     pk = peak.theoretical_peak(facts, a.threads, a.flop_per_cycle, a.clock_mhz)
     log("== machine and peak")
     log(pk["text"])
@@ -440,6 +443,9 @@ def main():
     log("load average (1, 5, 15 min) at the start %.2f %.2f %.2f, at the end %.2f %.2f %.2f on "
         "%d logical CPUs; this benchmark alone accounts for about %d, more means other work "
         "shared the cores" % (load0 + load1 + (facts["logical_cpus"], a.threads)))
+    if max(load0[0], load1[0]) > a.threads + 0.5:
+        log("warning: the machine was busy: medians are unreliable, minima less so; re-take "
+            "the numbers on an idle machine")
     log("total %.0f s; work directory %s%s" % (total, base, "" if a.work else " (removed)"))
     if a.json:
         with open(a.json, "w") as f:

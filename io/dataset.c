@@ -1495,6 +1495,15 @@ static int coll_read_one(dataset *d, int k, const coll_plan *p, int active, void
     h5_reason(why);
     what = "selection";
   }
+  /* a mismatch would make H5Dread fail here before its collective part, and the
+   * other ranks wait for ever: take part with nothing instead, and report it */
+  if (sel_ok && H5Sget_select_npoints(fs) != (hssize_t)((hsize_t)rows * row)) {
+    snprintf(why, sizeof why, "the selection holds %lld elements, expected %llu",
+             (long long)H5Sget_select_npoints(fs), (unsigned long long)((hsize_t)rows * row));
+    what = "selection";
+    sel_ok = 0;
+  }
+  const long asked = rows;
   if (!sel_ok) rows = 0;
   hsize_t elems = rows > 0 ? (hsize_t)rows * row : 1;
   ms = H5Screate_simple(1, &elems, NULL);
@@ -1522,7 +1531,7 @@ static int coll_read_one(dataset *d, int k, const coll_plan *p, int active, void
   h5_close_id(&fs, H5Sclose);
   if (st < 0 || (active && !sel_ok))
     VLM_FAIL("dataset %s: %s: collective read of %ld rows of %d samples failed (%s): %s",
-             d->path, coll_names[k], rows, p->nu, what, why);
+             d->path, coll_names[k], asked, p->nu, what, why);
   return 0;
 }
 

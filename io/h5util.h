@@ -181,9 +181,9 @@ int h5u_write_tensor_f32(h5u_file *f, const char *path, long lo, long hi, const 
 int h5u_read_tensor_f32(h5u_file *f, const char *path, long lo, long hi, float *dst);
 
 /* ---- fault injection (tests only) --------------------------------------------
- * Makes the next h5u_write_range_f32 on world rank `rank` of the communicator
- * fail after `after` successful ones (-1: off), as an I/O error would, so tests
- * can prove that a failure mid-write leaves the previous files intact. */
+ * Makes h5u_write_range_f32 on rank `rank` of the file's communicator report an
+ * I/O error after `after` more successful calls (after < 0: off), once, so that
+ * tests can prove a failure mid-write leaves the previous files intact. */
 void h5u_inject_write_fault(int rank, long after);
 
 #endif

@@ -42,6 +42,18 @@
 /* ------------------------------------------------------------------------------
  * Small helpers. */
 
+/* VLM_CHECK for a collective call that fails on every rank of comm while one
+ * rank reports why: only rank 0 of comm adds its trace line. */
+#define COLL_CHECK(comm, call)                                         \
+  do {                                                                 \
+    if ((call) != 0) {                                                 \
+      int coll_rank_ = 0;                                              \
+      MPI_Comm_rank((comm), &coll_rank_);                              \
+      if (coll_rank_ == 0) vlm_trace_at(__FILE__, __LINE__, __func__, #call); \
+      return -1;                                                       \
+    }                                                                  \
+  } while (0)
+
 /* Elements per transfer: PIECE_DEFAULT, or VLMTRAIN_H5_PIECE_ELEMS (tests use
  * small pieces to exercise the multi-piece path). */
 static long piece_elems(void) {
@@ -143,14 +155,6 @@ static inline float bits_to_f32(uint32_t u) {
   return f;
 }
 
-static float f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (man << 13)); /* inf, nan */
-  if (exp != 0) return bits_to_f32(sign | ((exp + 112u) << 23) | (man << 13));
-  float v = ldexpf((float)man, -24); /* zero or subnormal: exact */
-  return sign ? -v : v;
-}
-
 /* Round to nearest even; a NaN stays a (quiet) NaN. */
 static uint16_t f32_to_bf16(float f) {
   uint32_t x;
@@ -159,40 +163,7 @@ static uint16_t f32_to_bf16(float f) {
   return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
-static int pread_full(int fd, void *buf, size_t n, uint64_t off, const char *path) {
-  char *p = buf;
-  while (n > 0) {
-    ssize_t r = pread(fd, p, n, (off_t)off);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) VLM_FAIL("%s: read failed at byte %llu: %s", path, (unsigned long long)off, strerror(errno));
-    if (r == 0) VLM_FAIL("%s: unexpected end of file at byte %llu", path, (unsigned long long)off);
-    p += r;
-    n -= (size_t)r;
-    off += (uint64_t)r;
-  }
-  return 0;
-}
-
-/* Elements [lo, hi) of tensor t of an open safetensors file, as fp32 (exact).
- * Half-precision data is read into the upper half of dst and widened in place
- * from the front: element i's 4 bytes never reach an unread 2-byte element. */
-static int st_read_range_f32(const st_file *sf, int t, long lo, long hi, float *dst) {
-  const st_tensor *tt = &sf->t[t];
-  size_t n = (size_t)(hi - lo);
-  if (n == 0) return 0;
-  if (tt->dtype == ST_F32) {
-    VLM_CHECK(pread_full(sf->fd, dst, n * 4, sf->data_start + tt->begin + (uint64_t)lo * 4, sf->path));
-    return 0;
-  }
-  unsigned char *half = (unsigned char *)dst + n * 2;
-  VLM_CHECK(pread_full(sf->fd, half, n * 2, sf->data_start + tt->begin + (uint64_t)lo * 2, sf->path));
-  for (size_t i = 0; i < n; i++) {
-    uint16_t h;
-    memcpy(&h, half + 2 * i, 2);
-    dst[i] = tt->dtype == ST_BF16 ? bits_to_f32((uint32_t)h << 16) : f16_to_f32(h);
-  }
-  return 0;
-}
+/* st_read_range_f32 (io/safetensors.h) reads elements [lo, hi) of a tensor as fp32. */
 
 /* ------------------------------------------------------------------------------
  * Writing tensors. */
@@ -210,7 +181,7 @@ static int write_tensor(h5u_file *f, const param_info *p, int idx, long lo, long
   if (tensor_path(path, sizeof path, p->name) != 0) VLM_FAIL("%s: tensor name too long: %.100s", f->path, p->name);
   long len = hi - lo, max_len = 0;
   MPI_Allreduce(&len, &max_len, 1, MPI_LONG, MPI_MAX, f->comm);
-  VLM_CHECK(h5u_dataset_create_f32(f, path, p->ndim, p->shape));
+  COLL_CHECK(f->comm, h5u_dataset_create_f32(f, path, p->ndim, p->shape));
   uint64_t part = 0;
   for (long k = 0, np = n_pieces(max_len, piece); k < np; k++) {
     long a = lo + k * piece < hi ? lo + k * piece : hi;
@@ -219,24 +190,24 @@ static int write_tensor(h5u_file *f, const param_info *p, int idx, long lo, long
     if (fill) {
       h5u_err e = {0};
       if (b > a) fill(ctx, idx, a, b, buf, &e);
-      VLM_CHECK(h5u_finish(f->comm, &e));
+      COLL_CHECK(f->comm, h5u_finish(f->comm, &e));
     }
-    VLM_CHECK(h5u_write_range_f32(f, path, a, b, x));
+    COLL_CHECK(f->comm, h5u_write_range_f32(f, path, a, b, x));
     part += h5u_sum64_part(a, b, x);
   }
   uint64_t sum = 0;
-  VLM_CHECK(h5u_sum64_reduce(f->comm, part, &sum));
-  VLM_CHECK(h5u_checksum_write(f, path, h5u_sum64_final(sum, p->numel)));
+  COLL_CHECK(f->comm, h5u_sum64_reduce(f->comm, part, &sum));
+  COLL_CHECK(f->comm, h5u_checksum_write(f, path, h5u_sum64_final(sum, p->numel)));
   return 0;
 }
 
 int model_h5_write_header(h5u_file *f, const char *format, long version, const char *config_json) {
-  VLM_CHECK(h5u_attr_write_string(f, "/", "format", format));
-  VLM_CHECK(h5u_attr_write_int(f, "/", "version", version));
-  VLM_CHECK(h5u_attr_write_string(f, "/", MODEL_H5_CONFIG_ATTR, config_json));
+  COLL_CHECK(f->comm, h5u_attr_write_string(f, "/", "format", format));
+  COLL_CHECK(f->comm, h5u_attr_write_int(f, "/", "version", version));
+  COLL_CHECK(f->comm, h5u_attr_write_string(f, "/", MODEL_H5_CONFIG_ATTR, config_json));
   int ex = h5u_exists(f, MODEL_H5_GROUP);
   if (ex < 0) return -1;
-  if (!ex) VLM_CHECK(h5u_group_create(f, MODEL_H5_GROUP));
+  if (!ex) COLL_CHECK(f->comm, h5u_group_create(f, MODEL_H5_GROUP));
   return 0;
 }
 
@@ -250,8 +221,8 @@ int model_h5_write_tensors(h5u_file *f, const registry *r, model_h5_range_fn ran
       h5u_err_set(&e, __FILE__, __LINE__, __func__,
                   "%s: tensor %s: bad range [%ld, %ld) of %ld elements to write", f->path,
                   r->p[i].name, lo, hi, r->p[i].numel);
-    VLM_CHECK(h5u_finish(f->comm, &e));
-    VLM_CHECK(write_tensor(f, &r->p[i], i, lo, hi, x, NULL, NULL, NULL, piece));
+    COLL_CHECK(f->comm, h5u_finish(f->comm, &e));
+    COLL_CHECK(f->comm, write_tensor(f, &r->p[i], i, lo, hi, x, NULL, NULL, NULL, piece));
   }
   return 0;
 }
@@ -269,7 +240,7 @@ static float *even_share(void *ctx, int idx, long *lo, long *hi) {
 
 int model_h5_save(const registry *r, const char *path, const char *config_json, MPI_Comm comm) {
   h5u_file f;
-  VLM_CHECK(h5u_create_tmp(&f, path, comm));
+  COLL_CHECK(comm, h5u_create_tmp(&f, path, comm));
   even_ctx c = {.r = r};
   MPI_Comm_rank(comm, &c.rank);
   MPI_Comm_size(comm, &c.size);
@@ -277,7 +248,7 @@ int model_h5_save(const registry *r, const char *path, const char *config_json, 
   if (!ok && c.rank == 0) vlm_error_at(__FILE__, __LINE__, __func__, "%s: the registry has no parameters", path);
   ok = ok && model_h5_write_header(&f, MODEL_H5_FORMAT, MODEL_H5_VERSION, config_json) == 0 &&
        model_h5_write_tensors(&f, r, even_share, &c) == 0;
-  VLM_CHECK(h5u_commit(&f, ok));
+  COLL_CHECK(comm, h5u_commit(&f, ok));
   return ok ? 0 : -1;
 }
 
@@ -306,7 +277,7 @@ static int parse_config_step(void *arg) {
 static int match_tensors(model_h5 *m) {
   char **names = NULL;
   int n_names = 0, rc = -1;
-  VLM_CHECK(h5u_list(&m->f, MODEL_H5_GROUP, &names, &n_names));
+  COLL_CHECK(m->f.comm, h5u_list(&m->f, MODEL_H5_GROUP, &names, &n_names));
   char *seen = calloc((size_t)(m->reg.n > 0 ? m->reg.n : 1), 1);
   if (!seen) {
     h5u_names_free(names, n_names);
@@ -364,7 +335,7 @@ done:
 int model_h5_open(model_h5 *m, const char *path, MPI_Comm comm) {
   memset(m, 0, sizeof *m);
   m->f.id = -1;
-  VLM_CHECK(h5u_open(&m->f, path, comm, 0));
+  COLL_CHECK(comm, h5u_open(&m->f, path, comm, 0));
   h5u_err e = {0};
   char *fmt = NULL;
   int ex = h5u_attr_exists(&m->f, "/", "format");
@@ -467,7 +438,7 @@ static int same_step(void *arg) {
 int model_h5_load_ranges(const registry *r, const char *path, MPI_Comm comm, model_h5_range_fn range,
                          void *ctx) {
   model_h5 m;
-  VLM_CHECK(model_h5_open(&m, path, comm));
+  COLL_CHECK(comm, model_h5_open(&m, path, comm));
   int rc = -1;
   long unverified = 0;
   same_ctx sc = {r, &m};
@@ -503,7 +474,7 @@ static float *whole_tensor(void *ctx, int idx, long *lo, long *hi) {
 
 int model_h5_load(registry *r, const char *path) {
   if (!r->params) VLM_FAIL("%s: the registry has no parameter buffer (call registry_alloc)", path);
-  VLM_CHECK(model_h5_load_ranges(r, path, MPI_COMM_SELF, whole_tensor, r));
+  COLL_CHECK(MPI_COMM_SELF, model_h5_load_ranges(r, path, MPI_COMM_SELF, whole_tensor, r));
   return 0;
 }
 
@@ -740,7 +711,7 @@ int model_h5_import(const char *hf_dir, const char *out_path, unsigned long seed
   MPI_Comm_size(comm, &size);
   const double t0 = vlm_now();
   import_setup setup = {.hf_dir = hf_dir};
-  VLM_CHECK(rank0_first(comm, import_setup_step, &setup));
+  COLL_CHECK(comm, rank0_first(comm, import_setup_step, &setup));
   hf_source src = {.dir = hf_dir, .reg = &setup.reg};
   import_fill fill = {.src = &src, .lora_idx = -1, .seed = seed};
   float *buf = NULL;
@@ -1088,12 +1059,16 @@ static int select_step(void *arg) {
   return 0;
 }
 
-int model_h5_export(const char *path, const char *out_dir, const model_h5_export_opts *o, MPI_Comm comm) {
+int model_h5_export(const char *path, const char *out_arg, const model_h5_export_opts *o, MPI_Comm comm) {
   const double t0 = vlm_now();
+  char out_dir[PATH_LEN];
+  if (snprintf(out_dir, sizeof out_dir, "%s", out_arg) >= (int)sizeof out_dir)
+    VLM_FAIL("%.100s...: path too long", out_arg);
+  for (size_t k = strlen(out_dir); k > 1 && out_dir[k - 1] == '/';) out_dir[--k] = '\0'; /* "DIR/" */
   if (o->dtype != ST_F32 && o->dtype != ST_BF16) VLM_FAIL("export: dtype must be F32 or BF16");
   if (!o->train_json && o->shard_bytes < 1) VLM_FAIL("export: the shard size must be positive");
   model_h5 m;
-  VLM_CHECK(model_h5_open(&m, path, comm));
+  COLL_CHECK(comm, model_h5_open(&m, path, comm));
   const int rank = m.f.rank;
   const long piece = piece_elems();
   int rc = -1, n_shards = 0, n_sel = 0, made_tmp = 0;

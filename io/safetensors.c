@@ -391,20 +391,25 @@ int st_find(const st_file *f, const char *name) {
   return -1;
 }
 
-int st_read_f32(const st_file *f, int idx, float *dst) {
+int st_read_range_f32(const st_file *f, int idx, long lo, long hi, float *dst) {
   if (idx < 0 || idx >= f->n) VLM_FAIL("%s: tensor index %d out of range [0, %d)", f->path, idx, f->n);
   const st_tensor *t = &f->t[idx];
-  uint64_t off = f->data_start + t->begin;
-  if (t->numel == 0) return 0;
+  if (lo < 0 || hi > t->numel || lo > hi)
+    VLM_FAIL("%s: tensor \"%s\": element range [%ld, %ld) outside [0, %ld)", f->path, t->name, lo,
+             hi, t->numel);
+  if (hi == lo) return 0;
+  const size_t esz = t->dtype == ST_F32 ? 4 : 2;
+  uint64_t off = f->data_start + t->begin + (uint64_t)lo * esz;
+  const long n = hi - lo;
   if (t->dtype == ST_F32) {
-    VLM_CHECK(pread_full(f->fd, dst, (size_t)(t->end - t->begin), off, f->path));
+    VLM_CHECK(pread_full(f->fd, dst, (size_t)n * 4, off, f->path));
     return 0;
   }
-  size_t chunk = (size_t)t->numel < ST_CHUNK ? (size_t)t->numel : ST_CHUNK;
+  size_t chunk = (size_t)n < ST_CHUNK ? (size_t)n : ST_CHUNK;
   uint16_t *buf = malloc(chunk * sizeof *buf);
   if (!buf) VLM_FAIL("%s: out of memory reading tensor \"%s\"", f->path, t->name);
-  for (size_t done = 0; done < (size_t)t->numel;) {
-    size_t k = (size_t)t->numel - done < chunk ? (size_t)t->numel - done : chunk;
+  for (size_t done = 0; done < (size_t)n;) {
+    size_t k = (size_t)n - done < chunk ? (size_t)n - done : chunk;
     if (pread_full(f->fd, buf, k * 2, off + done * 2, f->path) != 0) {
       free(buf);
       VLM_FAIL("%s: reading tensor \"%s\" failed", f->path, t->name);
@@ -417,6 +422,11 @@ int st_read_f32(const st_file *f, int idx, float *dst) {
   }
   free(buf);
   return 0;
+}
+
+int st_read_f32(const st_file *f, int idx, float *dst) {
+  if (idx < 0 || idx >= f->n) VLM_FAIL("%s: tensor index %d out of range [0, %d)", f->path, idx, f->n);
+  return st_read_range_f32(f, idx, 0, f->t[idx].numel, dst);
 }
 
 void st_close(st_file *f) {

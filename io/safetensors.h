@@ -37,6 +37,8 @@ int st_open(st_file *f, const char *path);
 int st_find(const st_file *f, const char *name);
 /* Reads tensor idx converted to fp32 into dst[numel]. */
 int st_read_f32(const st_file *f, int idx, float *dst);
+/* Reads elements [lo, hi) of the flattened tensor idx, converted to fp32. */
+int st_read_range_f32(const st_file *f, int idx, long lo, long hi, float *dst);
 void st_close(st_file *f);
 
 /* One tensor to write: fp32 data, stored as `dtype` (F32 or BF16, round to nearest even). */

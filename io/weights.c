@@ -129,11 +129,23 @@ static void problem(problem_list *l, const char *dir, const char *fmt, ...) {
   l->count++;
 }
 
+static float *full_range(void *ctx, int idx, long *lo, long *hi) {
+  registry *r = ctx;
+  *lo = 0;
+  *hi = r->p[idx].numel;
+  return registry_param(r, idx);
+}
+
 int weights_load_hf_dir(registry *r, const char *dir, unsigned long seed, weights_load_stats *st) {
+  if (!r->params) VLM_FAIL("%s: the registry has no parameter buffer (call registry_alloc)", dir);
+  return weights_load_hf_dir_ranges(r, dir, seed, st, full_range, r);
+}
+
+int weights_load_hf_dir_ranges(registry *r, const char *dir, unsigned long seed,
+                               weights_load_stats *st, weights_range_fn range, void *ctx) {
   weights_load_stats dummy;
   if (!st) st = &dummy;
   memset(st, 0, sizeof *st);
-  if (!r->params) VLM_FAIL("%s: the registry has no parameter buffer (call registry_alloc)", dir);
 
   char single[1200], index_path[1200];
   snprintf(single, sizeof single, "%s/model.safetensors", dir);
@@ -262,12 +274,21 @@ int weights_load_hf_dir(registry *r, const char *dir, unsigned long seed, weight
   }
 
   for (int i = 0; i < r->n; i++) {
-    if (loc_file[i] < 0) {
-      registry_init_lora_param(r, i, seed);
+    long lo, hi;
+    float *dst = range(ctx, i, &lo, &hi);
+    if (loc_file[i] < 0) { /* absent LoRA tensor: initialise the whole tensor, keep the range */
+      float *tmp = malloc((size_t)(r->p[i].numel > 0 ? r->p[i].numel : 1) * sizeof(float));
+      if (!tmp) {
+        vlm_error_at(__FILE__, __LINE__, __func__, "out of memory");
+        goto done;
+      }
+      registry_init_lora_values(r, i, seed, tmp);
+      if (hi > lo) memcpy(dst, tmp + lo, (size_t)(hi - lo) * sizeof(float));
+      free(tmp);
       st->n_lora_init++;
       continue;
     }
-    VLM_CHECK_GOTO(st_read_f32(&files[loc_file[i]], loc_idx[i], registry_param(r, i)), done);
+    VLM_CHECK_GOTO(st_read_range_f32(&files[loc_file[i]], loc_idx[i], lo, hi, dst), done);
     st->n_loaded++;
   }
   st->n_files = nf;

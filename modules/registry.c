@@ -372,8 +372,11 @@ static int ends_with(const char *s, const char *suffix) {
 }
 
 void registry_init_lora_param(registry *r, int idx, unsigned long seed) {
-  param_info *p = &r->p[idx];
-  float *x = registry_param(r, idx);
+  registry_init_lora_values(r, idx, seed, registry_param(r, idx));
+}
+
+void registry_init_lora_values(const registry *r, int idx, unsigned long seed, float *x) {
+  const param_info *p = &r->p[idx];
   vlm_rng g;
   rng_seed(&g, (uint64_t)seed * 0x9E3779B97F4A7C15ULL + (uint64_t)idx + 1);
   if (ends_with(p->name, "lora_a.weight")) {

@@ -89,5 +89,7 @@ void registry_init_random(registry *r, const monkey_config *c, unsigned long see
 /* Initialises one LoRA tensor as upstream does: lora_a Kaiming-uniform
  * (bound 1/sqrt(fan_in)), lora_b zero, lora_scale 1. */
 void registry_init_lora_param(registry *r, int idx, unsigned long seed);
+/* The same values written to x[numel] instead of the flat buffer. */
+void registry_init_lora_values(const registry *r, int idx, unsigned long seed, float *x);
 
 #endif

@@ -13,6 +13,8 @@ PACKAGES=(
   python3-venv                                # venv for the tokenizer test's tiktoken (PyPI)
   python3-torch python3-numpy python3-h5py    # reference numerics for tests and benchmarks
   python3-pil python3-regex                   # mkdata --json tests: PIL resize, Qwen regex
+  slurm-wlm munge                             # Slurm (slurmctld, slurmd, srun with pmix_v4) for the one-node cluster test
+  gnuplot-nox                                 # vlmtrain scaling: the PNG plot
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -11,6 +11,7 @@
 #                   every rank, model_h5_load_ranges with ZeRO shards and
 #                   overlapping ranges, model_h5_save, a checkpoint-style file,
 #                   absent LoRA initialised as weights_load_hf_dir does).
+# h5_model_load_h5dump: `h5dump -H` reads the files it wrote.
 # h5_model:         Python: import/export round trips (fp32, bf16, fp16; single
 #                   file and shards; 1, 2 and 3 ranks), byte-identical tensor
 #                   data, h5dump -H and h5py on every file written, --trained-only,
@@ -35,7 +36,11 @@ add_executable(test_model_load h5/test_model_load.c)
 target_link_libraries(test_model_load PRIVATE vlm)
 add_test(NAME h5_model_load COMMAND ${_mpi} 2 --oversubscribe $<TARGET_FILE:test_model_load>
   ${PROJECT_SOURCE_DIR}/configs/tiny.json WORKING_DIRECTORY ${VLM_TEST_WORK})
-set_tests_properties(h5_model_load PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}")
+set_tests_properties(h5_model_load PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}"
+  FIXTURES_SETUP h5_load_files)
+add_test(NAME h5_model_load_h5dump COMMAND h5dump -H h5/load/m.h5 h5/load/saved.h5 h5/load/ckpt.h5
+  h5/load/nolora.h5 WORKING_DIRECTORY ${VLM_TEST_WORK})
+set_tests_properties(h5_model_load_h5dump PROPERTIES FIXTURES_REQUIRED h5_load_files)
 
 vlm_py_test(h5_model h5/test_model_h5.py ${PROJECT_SOURCE_DIR}/configs/tiny.json
   ${PROJECT_SOURCE_DIR}/configs/train-tiny.json)

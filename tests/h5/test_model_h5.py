@@ -526,6 +526,12 @@ rc, out, err = run(["export", "--from", w("big.h5"), "--out", w("xbig")])
 check("the previous file still loads: exported, every checksum verified", rc == 0, err)
 rc, out, err = run(["import", "--from", w("hfbig"), "--out", w("big.h5")])
 check("the next import replaces the stale .tmp and commits", rc == 0 and not os.path.exists(w("big.h5.tmp")), err)
+# every model file vlmtrain wrote in this test (not the h5py-edited copies)
+edited = {"fmt.h5", "ver.h5", "nocfg.h5", "missing.h5", "shape.h5", "f64.h5", "extra.h5", "corrupt.h5",
+          "not-hdf5.h5", "prev.h5"}
+written = sorted(n for n in os.listdir(WORK) if n.endswith(".h5") and n not in edited)
+bad = [n for n in written if not h5dump_ok(w(n))[0]]
+check(f"h5dump -H reads every model file written ({len(written)})", len(written) >= 9 and not bad, str(bad))
 for p in ("hfbig", "xbig"):
     shutil.rmtree(w(p), ignore_errors=True)
 for p in ("big.h5", "big.h5.tmp"):

@@ -8,6 +8,8 @@
  *                            ranks, SA_RESTART under a storm of signals),
  *                            requeue through a fake `scontrol` in PATH, and
  *                            the watchdog not firing on collectives that end.
+ *   test_runtime preinit     rt_preinit_check() before MPI_Init, as vlmtrain's
+ *                            main() does (under srun in tests/slurm/run_slurm_tests.py).
  *   test_runtime hang SECS   the watchdog with a SECS timeout: the last rank
  *                            never reaches the barrier the others wait in, so
  *                            the job must abort with the watchdog's message
@@ -377,6 +379,14 @@ static int run_hang(double timeout) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "preinit") == 0) { /* as main() of vlmtrain does */
+    if (rt_preinit_check() != 0) return 1;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    printf("rank %d: the pre-MPI_Init check let this launch through\n", g_rank);
+    MPI_Finalize();
+    return 0;
+  }
   int provided;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -404,7 +414,7 @@ int main(int argc, char **argv) {
     if (g_rank == 0) printf("%d passed, %d failed\n", counts[0], counts[1]);
     rc = counts[1] != 0;
   } else {
-    if (g_rank == 0) fprintf(stderr, "usage: test_runtime unit | hang SECONDS\n");
+    if (g_rank == 0) fprintf(stderr, "usage: test_runtime unit | preinit | hang SECONDS\n");
     rc = 2;
   }
   MPI_Finalize();
