@@ -113,7 +113,7 @@ static const char *PHASE_NAMES[PH_N] = {"compute", "exposed gather", "exposed re
 
 /* Prints the end-of-run table (min/max across ranks) and writes it as JSON. */
 static void phase_table(const vlm_comms *c, const double *ph, const zero_stats *st, long steps,
-                        FILE *summary) {
+                        const double *mem, FILE *summary) {
   double mn[PH_N], mx[PH_N], sum[PH_N];
   MPI_Allreduce(ph, mn, PH_N, MPI_DOUBLE, MPI_MIN, c->world);
   MPI_Allreduce(ph, mx, PH_N, MPI_DOUBLE, MPI_MAX, c->world);
@@ -150,7 +150,9 @@ static void phase_table(const vlm_comms *c, const double *ph, const zero_stats *
     for (int k = 0; k < 3; k++)
       fprintf(summary, "%s\"%s\": {\"min\": %.6g, \"max\": %.6g}", k ? ", " : "", coll[k],
               bmin[k] / steps, bmax[k] / steps);
-    fprintf(summary, "}, \"peak_rss_mib\": {\"min\": %.1f, \"max\": %.1f}}\n", rss_min, rss_max);
+    fprintf(summary, "}, \"peak_rss_mib\": {\"min\": %.1f, \"max\": %.1f}, \"predicted_mib\": "
+            "{\"parameters\": %.2f, \"gradients\": %.2f, \"moments\": %.2f, \"gather_buffers\": "
+            "%.2f, \"activations\": %.2f}}\n", rss_min, rss_max, mem[0], mem[1], mem[2], mem[3], mem[4]);
   }
 }
 
@@ -219,6 +221,7 @@ int cmd_train(int argc, char **argv) {
   FILE *metrics = NULL, *summary = NULL;
   char *model_json = NULL;
   long json_len = 0, step0 = 0;
+  double mem[5] = {0};
   char ckpt_dir[2048];
   if (t.ckpt_dir[0])
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s", t.ckpt_dir);
@@ -285,6 +288,15 @@ int cmd_train(int argc, char **argv) {
                               t.recompute_llm), done);
   m_made = 1;
   VLM_CHECK_GOTO(adamw_init(&opt_state, &z, &t), done);
+  const double MiB = 1048576.0;
+  mem[0] = z.n_local * 4.0 / MiB;
+  mem[1] = z.n_local_grad * 4.0 / MiB;
+  mem[2] = 2.0 * z.n_local_grad * 4.0 / MiB;
+  mem[3] = zero_buffer_bytes(&z) / MiB;
+  mem[4] = m.arena_bytes / MiB;
+  vlm_log("memory per rank (rank 0): parameters %.1f MiB, gradients %.1f, AdamW moments %.1f, "
+          "gather buffers %.1f, activations and scratch %.1f: %.1f MiB predicted\n",
+          mem[0], mem[1], mem[2], mem[3], mem[4], mem[0] + mem[1] + mem[2] + mem[3] + mem[4]);
   if (model_is_h5) {
     model_json = h5_config;
     h5_config = NULL;
@@ -297,8 +309,13 @@ int cmd_train(int argc, char **argv) {
     ckpt_state cs;
     int loaded = 0;
     char from[2048];
-    const char *what = strcmp(o[6].value, "auto") == 0 ? ckpt_dir : o[6].value;
-    VLM_CHECK_GOTO(ckpt_load(what, &z, &opt_state, &cs, &loaded, from, sizeof from), done);
+    const int is_auto = strcmp(o[6].value, "auto") == 0;
+    const char *what = is_auto ? ckpt_dir : o[6].value;
+    struct stat csb;
+    int dir_exists = stat(ckpt_dir, &csb) == 0 && S_ISDIR(csb.st_mode);
+    MPI_Allreduce(MPI_IN_PLACE, &dir_exists, 1, MPI_INT, MPI_MIN, comms.world);
+    if (!is_auto || dir_exists) /* auto with no checkpoint directory yet: a fresh start */
+      VLM_CHECK_GOTO(ckpt_load(what, &z, &opt_state, &cs, &loaded, from, sizeof from), done);
     if (loaded) {
       step0 = cs.step;
       VLM_CHECK_GOTO(data_order_seek(&order, cs.epoch, cs.cursor), done);
@@ -450,7 +467,7 @@ int cmd_train(int argc, char **argv) {
   }
   zero_stats st;
   zero_get_stats(&z, &st);
-  phase_table(&comms, ph, &st, t.train_steps - step0 > 0 ? t.train_steps - step0 : 1, summary);
+  phase_table(&comms, ph, &st, t.train_steps - step0 > 0 ? t.train_steps - step0 : 1, mem, summary);
   const double tw = vlm_now();
   VLM_CHECK_GOTO(zero_gather_to_root(&z), done);
   int save_ok = 1;

@@ -383,7 +383,7 @@ fail:
 void dataset_close(dataset *d) {
   h5_quiet q;
   h5_quiet_on(&q);
-  if (d->collective) /* dataset_open_mpi's data sets, opened collectively: closed on every rank */
+  if (d->mpi) /* dataset_open_mpi's data sets (collective mode: closed on every rank) */
     for (int k = 0; k < 3; k++) {
       if (d->dsets[k] >= 0) H5Dclose((hid_t)d->dsets[k]);
       d->dsets[k] = -1;
@@ -1284,8 +1284,8 @@ static int open_mpio(dataset *d) {
   return 0;
 }
 
-/* Collective mode: the three data sets, each rank making the same three calls. */
-static int open_coll_dsets(dataset *d) {
+/* The three data sets (in collective mode each rank makes the same three calls). */
+static int open_held_dsets(dataset *d) {
   char why[200] = "";
   const char *bad = NULL;
   for (int k = 0; k < 3; k++) {
@@ -1362,12 +1362,12 @@ int dataset_open_mpi(dataset *d, const char *path, const monkey_config *c, MPI_C
   }
   h5_quiet_off(&q);
   if (mpi_agree(own, rc) != 0) goto fail;
-  if (collective) {
-    h5_quiet_on(&q);
-    rc = open_coll_dsets(d);
-    h5_quiet_off(&q);
-    if (mpi_agree(own, rc) != 0) goto fail;
-  }
+  /* the three data sets, held open for dataset_read_samples (collectively
+   * opened in collective mode: every rank makes the same calls) */
+  h5_quiet_on(&q);
+  rc = open_held_dsets(d);
+  h5_quiet_off(&q);
+  if (mpi_agree(own, rc) != 0) goto fail;
   return 0;
 fail:
   dataset_close(d);
@@ -1585,11 +1585,69 @@ static int read_samples_collective(dataset *d, const long *idx, int n, int32_t *
   return mpi_agree(d->comm, rc);
 }
 
+/* Independent mode: rows r0 ..< r0 + nrows of held data set k into buf, one
+ * regular hyperslab, HDF5's default (independent) transfer. */
+static int read_held_rows(dataset *d, int k, long sample, hsize_t r0, hsize_t nrows, void *buf) {
+  if (nrows == 0) return 0;
+  const hsize_t S = (hsize_t)d->image_size;
+  hsize_t start[4] = {r0, 0, 0, 0}, count[4] = {nrows, S, S, 3};
+  hsize_t elems = k == 2 ? nrows * S * S * 3 : nrows;
+  char why[200] = "";
+  herr_t st = -1;
+  hid_t ms = -1, fs = H5Dget_space((hid_t)d->dsets[k]);
+  if (fs >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
+      (ms = H5Screate_simple(1, &elems, NULL)) >= 0)
+    st = H5Dread((hid_t)d->dsets[k], k == 2 ? H5T_NATIVE_UINT8 : H5T_NATIVE_INT32, ms, fs,
+                 H5P_DEFAULT, buf);
+  if (st < 0) h5_reason(why);
+  h5_close_id(&ms, H5Sclose);
+  h5_close_id(&fs, H5Sclose);
+  if (st < 0)
+    VLM_FAIL("dataset %s: %s: cannot read sample %ld (elements from %llu, %llu of them): %s",
+             d->path, coll_names[k], sample, (unsigned long long)r0, (unsigned long long)nrows,
+             why);
+  return 0;
+}
+
+/* Independent mode of dataset_open_mpi: dataset_read_sample's reads and checks,
+ * on the data sets held open (no open and close of each per sample). */
+static int read_samples_held(dataset *d, const long *idx, int n, int32_t *tokens, int32_t *labels,
+                             int *len, uint8_t *pixels, int *n_img) {
+  const size_t img_bytes = (size_t)d->image_size * d->image_size * 3;
+  long t = 0, im = 0;
+  for (int j = 0; j < n; j++) {
+    const long i = idx[j];
+    if (i < 0 || i >= d->n_samples)
+      VLM_FAIL("dataset %s: sample %ld does not exist (the file has %ld samples)", d->path, i,
+               d->n_samples);
+    const hsize_t t0 = (hsize_t)d->offsets[i], nt = (hsize_t)(d->offsets[i + 1] - d->offsets[i]);
+    const hsize_t i0 = (hsize_t)d->image_offsets[i];
+    const hsize_t ni = (hsize_t)(d->image_offsets[i + 1] - d->image_offsets[i]);
+    uint8_t *px = pixels + (size_t)im * img_bytes;
+    h5_quiet q;
+    h5_quiet_on(&q);
+    int rc = read_held_rows(d, 0, i, t0, nt, tokens + t);
+    if (rc == 0) rc = read_held_rows(d, 1, i, t0, nt, labels + t);
+    if (rc == 0) rc = read_held_rows(d, 2, i, i0, ni, px);
+    h5_quiet_off(&q);
+    VLM_CHECK(rc);
+    VLM_CHECK(validate_sample(d, i, tokens + t, labels + t, (long)nt, (long)ni));
+    len[j] = (int)nt;
+    n_img[j] = (int)ni;
+    t += (long)nt;
+    im += (long)ni;
+  }
+  return 0;
+}
+
 int dataset_read_samples(dataset *d, const long *idx, int n, int32_t *tokens, int32_t *labels,
                          int *len, uint8_t *pixels, int *n_img) {
   if (d->collective)
     return read_samples_collective(d, idx, n, tokens, labels, len, pixels, n_img);
   if (n < 0) VLM_FAIL("dataset %s: dataset_read_samples of %d samples", d->path, n);
+  if (d->mpi && d->file > 0)
+    return read_samples_held(d, idx, n, tokens, labels, len, pixels, n_img);
+  /* a dataset from dataset_open: sample by sample */
   const size_t img_bytes = (size_t)d->image_size * d->image_size * 3;
   long t = 0, im = 0;
   for (int j = 0; j < n; j++) {

@@ -29,8 +29,8 @@ typedef struct {
   int collective;          /* 1: MPI-IO driver, collective reads in dataset_read_samples */
   MPI_Comm comm;           /* a duplicate of the caller's communicator (when mpi) */
   int rank;                /* this process's rank in comm (0 when not mpi) */
-  long long dsets[3];      /* hid_t of /samples/tokens, /samples/labels, /images/pixels
-                              (collective mode: opened once, collectively) */
+  long long dsets[3];      /* hid_t of /samples/tokens, /samples/labels, /images/pixels,
+                              held open (collective mode: opened collectively) */
   int last_io_mode[3];     /* per dataset above: H5Pget_mpio_actual_io_mode of the latest
                               collective read (H5D_mpio_actual_io_mode_t; 0 = none) */
   long n_coll_reads;       /* collective H5Dread calls made by dataset_read_samples */
@@ -69,8 +69,9 @@ int dataset_open_mpi(dataset *d, const char *path, const monkey_config *c, MPI_C
  * idx may differ per rank); one collective H5Dread per data set (tokens, labels,
  * pixels) over the union of this rank's samples; the status is agreed, so a bad
  * sample on one rank is the same error on every rank. d->last_io_mode records
- * what HDF5 did. Otherwise (dataset_open, or dataset_open_mpi with collective = 0):
- * per-sample reads with dataset_read_sample, local to the rank, no MPI calls. */
+ * what HDF5 did. Otherwise (independent mode): local to the rank, no MPI calls,
+ * per-sample reads as dataset_read_sample does them, on the data sets held open
+ * by dataset_open_mpi (or through dataset_read_sample after dataset_open). */
 int dataset_read_samples(dataset *d, const long *idx, int n, int32_t *tokens, int32_t *labels,
                          int *len, uint8_t *pixels, int *n_img);
 

@@ -337,6 +337,7 @@ int model_create(model *m, const monkey_config *c, zero_state *z, int max_sample
   }
   carve(m, &a);
   g_arena_base = a.base;
+  m->arena_bytes = a.cap;
   return 0;
 }
 

@@ -115,6 +115,7 @@ typedef struct {
   size_t attn_scratch_per_thread;
   float *d_feat, *d_z, *d_o, *d_rctx, *dQ, *dK, *dV, *d_qin, *d_keys, *d_kvn, *d_kv, *d_pe_k, *d_vit;
   /* ---- accounting ---- */
+  size_t arena_bytes; /* every activation and scratch buffer, allocated once */
   double flops;      /* useful FLOPs of the last forward_backward (recomputation excluded) */
 } model;
 

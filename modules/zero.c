@@ -490,3 +490,10 @@ float *zero_local_grad_range(const zero_state *z, float *base, int idx, long *lo
 
 void zero_get_stats(const zero_state *z, zero_stats *st) { *st = IMPL(z)->st; }
 void zero_reset_stats(zero_state *z) { memset(&IMPL(z)->st, 0, sizeof IMPL(z)->st); }
+
+size_t zero_buffer_bytes(const zero_state *z) {
+  const zimpl *im = IMPL(z);
+  size_t n = (size_t)im->n_slots * im->max_full + (size_t)z->comm->S * im->max_pack;
+  if (im->max_gpack > 0) n += (size_t)im->max_full + (size_t)(z->comm->S + 1) * im->max_gpack;
+  return n * sizeof(float);
+}

@@ -99,6 +99,8 @@ typedef struct {
   long n_allgather, n_reduce_scatter, n_allreduce;
 } zero_stats;
 void zero_get_stats(const zero_state *z, zero_stats *st);
+/* Bytes of the gather and reduce-scatter buffers (the live-gather bound). */
+size_t zero_buffer_bytes(const zero_state *z);
 void zero_reset_stats(zero_state *z);
 
 /* The range of tensor idx that this rank must WRITE when saving (each global

@@ -236,7 +236,9 @@ void rt_signals_reset(void) {
 
 int rt_stop_requested(MPI_Comm world) {
   int mask = g_sig_mask;
+  rt_watchdog_arm("the step-boundary agreement on stop signals (allreduce)");
   MPI_Allreduce(MPI_IN_PLACE, &mask, 1, MPI_INT, MPI_BOR, world);
+  rt_watchdog_disarm();
   return mask;
 }
 
@@ -278,6 +280,7 @@ int rt_requeue(void) {
 /* ---- watchdog ---- */
 
 static _Atomic(const char *) g_wd_what; /* armed collective, NULL when disarmed */
+static _Atomic(const char *) g_wd_name; /* and what it works on (a module name), or NULL */
 static _Atomic int64_t g_wd_since;      /* CLOCK_MONOTONIC nanoseconds when armed */
 static _Atomic int g_wd_running;
 static int g_wd_started, g_wd_rank;
@@ -290,15 +293,16 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void wd_fire(const char *what, double waited) {
+static void wd_fire(const char *what, const char *name, double waited) {
   char host[256] = "?";
   gethostname(host, sizeof host - 1);
   char msg[1024];
   int len = snprintf(msg, sizeof msg,
-                     "vlmtrain: watchdog: rank %d (host %s, pid %ld) has waited %.1f s in %s "
+                     "vlmtrain: watchdog: rank %d (host %s, pid %ld) has waited %.1f s in %s%s%s "
                      "(timeout %.0f s): a rank that does not report this is dead, hung or far "
                      "behind; aborting the job (MPI_Abort, exit status %d)\n",
-                     g_wd_rank, host, (long)getpid(), waited, what, g_wd_timeout, RT_EXIT_HUNG);
+                     g_wd_rank, host, (long)getpid(), waited, what, name ? " " : "",
+                     name ? name : "", g_wd_timeout, RT_EXIT_HUNG);
   if (len > 0) {
     ssize_t w = write(STDERR_FILENO, msg, (size_t)len < sizeof msg ? (size_t)len : sizeof msg - 1);
     (void)w;
@@ -326,10 +330,11 @@ static void *wd_main(void *arg) {
     const char *what = atomic_load_explicit(&g_wd_what, memory_order_acquire);
     if (!what) continue;
     const int64_t since = atomic_load_explicit(&g_wd_since, memory_order_relaxed);
+    const char *name = atomic_load_explicit(&g_wd_name, memory_order_relaxed);
     const int64_t waited = now_ns() - since;
     if (waited > limit && atomic_load_explicit(&g_wd_what, memory_order_acquire) == what &&
         atomic_load_explicit(&g_wd_since, memory_order_relaxed) == since)
-      wd_fire(what, (double)waited * 1e-9);
+      wd_fire(what, name, (double)waited * 1e-9);
   }
   return NULL;
 }
@@ -348,11 +353,14 @@ int rt_watchdog_start(double timeout_s) {
   return 0;
 }
 
-void rt_watchdog_arm(const char *what) {
+void rt_watchdog_arm_of(const char *what, const char *name) {
   if (!g_wd_started) return;
   atomic_store_explicit(&g_wd_since, now_ns(), memory_order_relaxed);
+  atomic_store_explicit(&g_wd_name, name, memory_order_relaxed);
   atomic_store_explicit(&g_wd_what, what ? what : "an unnamed collective", memory_order_release);
 }
+
+void rt_watchdog_arm(const char *what) { rt_watchdog_arm_of(what, NULL); }
 
 void rt_watchdog_disarm(void) {
   if (g_wd_started) atomic_store_explicit(&g_wd_what, NULL, memory_order_release);

@@ -86,9 +86,16 @@ int rt_requeue(void);
  * collective is still armed after timeout_s, the thread prints
  * "vlmtrain: watchdog: rank R (host H, pid P) has waited S s in WHAT ..." to
  * stderr and calls MPI_Abort(MPI_COMM_WORLD, RT_EXIT_HUNG). Arm and disarm
- * from the main thread only, around a blocking collective or MPI_Wait. */
+ * from the main thread only, around a blocking collective or MPI_Wait, one
+ * at a time (arm replaces what was armed); rt_stop_requested arms itself.
+ * rt_watchdog_start runs once: later calls change nothing. */
 int rt_watchdog_start(double timeout_s);
 void rt_watchdog_arm(const char *what);
+/* The same with the object apart, so that neither string needs formatting:
+ * rt_watchdog_arm_of("allgather of module", reg->modules[k].name) reports
+ * "... in allgather of module llm.block.3 ...". Both must stay valid until
+ * disarm. */
+void rt_watchdog_arm_of(const char *what, const char *name);
 void rt_watchdog_disarm(void);
 void rt_watchdog_stop(void);
 

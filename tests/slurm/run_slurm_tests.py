@@ -495,7 +495,7 @@ def test_e(c):
     check("(e) the hung step ends with a failure", m is not None and m.group(1) != "0", tail(log))
     check("(e) ... within the 3 s timeout + 10 s", m is not None and int(m.group(2)) <= 13, tail(log))
     check("(e) the waiting rank names the collective, the hung one is silent",
-          "watchdog: rank 0 (host" in out and "in barrier after a deliberately hung rank" in out
+          "watchdog: rank 0 (host" in out and "in barrier after a deliberately hung rank: rank 1 sleeps (timeout" in out
           and "watchdog: rank 1" not in out and "did not fire" not in out, tail(log))
 
 

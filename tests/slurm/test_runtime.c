@@ -355,7 +355,7 @@ static void test_watchdog_quiet(void) {
   sleep_s(1.0); /* disarmed: no firing however long */
   const double t0 = vlm_now();
   for (int i = 0; i < 1000000; i++) {
-    rt_watchdog_arm("cost");
+    rt_watchdog_arm_of("cost", "of arming");
     rt_watchdog_disarm();
   }
   const double per = (vlm_now() - t0) / 1e6;
@@ -370,7 +370,7 @@ static int run_hang(double timeout) {
     fprintf(stderr, "rank %d: hanging on purpose\n", g_rank);
     sleep_s(timeout * 10 + 30); /* the dead rank: never reaches the barrier in time */
   } else {
-    rt_watchdog_arm("barrier after a deliberately hung rank");
+    rt_watchdog_arm_of("barrier after a deliberately hung rank:", "rank 1 sleeps");
     MPI_Barrier(MPI_COMM_WORLD);
     rt_watchdog_disarm();
   }

@@ -42,7 +42,7 @@ out = p.stdout + p.stderr
 check("hung job ends non-zero", p.returncode != 0, f"rc {p.returncode}")
 check(f"hung job aborted within timeout + 10 s ({dt:.1f} s)", dt < TIMEOUT + 10, out)
 check("watchdog names the waiting rank and the collective",
-      "vlmtrain: watchdog: rank 0 (host" in out and "in barrier after a deliberately hung rank" in out,
+      "vlmtrain: watchdog: rank 0 (host" in out and "in barrier after a deliberately hung rank: rank 1 sleeps (timeout" in out,
       out)
 check("the hung rank does not report itself", "watchdog: rank 1" not in out, out)
 check("the watchdog did fire", "the watchdog did not fire" not in out, out)
