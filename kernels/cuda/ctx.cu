@@ -15,7 +15,6 @@ extern "C" {
 #include "common/vlm.h"
 }
 
-void gemm_cache_free(void *cache); /* gemm.cu */
 
 extern "C" void vlm_cuda_die(const char *file, int line, const char *what, const char *msg) {
   fprintf(stderr, "vlmtrain: CUDA error at %s:%d: %s: %s\n", file, line, what, msg);

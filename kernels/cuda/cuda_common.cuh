@@ -87,4 +87,13 @@ void vlm_column_sums(vlm_cuda_ctx *ctx, cudaStream_t stream, int mode, float *ac
 void vlm_dot(vlm_cuda_ctx *ctx, cudaStream_t stream, double *dst_d, float *dst_f, const float *x,
              const float *y, long n);
 
+/* ---- GEMM internals (gemm.cu) --------------------------------------------------- */
+
+/* Row-major C[M,N] += (*alpha_dev) * op(A) op(B), fp32, alpha a device scalar. */
+void gemm_f32_devscale_acc(vlm_cuda_ctx *ctx, cudaStream_t stream, int ta, int tb, int M, int N,
+                           int K, const float *alpha_dev, const float *A, int lda, const float *B,
+                           int ldb, float *C, int ldc);
+/* Frees the cuBLASLt algorithm cache (ctx.cu). */
+void gemm_cache_free(void *cache);
+
 #endif

@@ -18,53 +18,18 @@
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
 import h5py
 import numpy as np
 
-VLM = os.environ["VLMTRAIN"]
-SRC = os.environ["VLM_SOURCE_DIR"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vlmtest import SRC, Checks, read_st, run  # noqa: E402
+
 WORK = os.path.join(os.environ.get("VLM_TEST_WORK", "."), "ckpt")
 TINY = os.path.join(SRC, "configs", "tiny.json")
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}\n     {detail}")
-    return ok
-
-
-def run(args, np_=1, env_extra=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    env.update(env_extra or {})
-    if np_ == 1:
-        cmd = [VLM, *args]
-    else:
-        cmd = ["mpirun", "--oversubscribe", "-np", str(np_)]
-        for k in (env_extra or {}):
-            cmd += ["-x", k]
-        cmd += [VLM, *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    return p.returncode, p.stdout, p.stderr
-
-
-def read_st(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
-            for k, v in header.items() if k != "__metadata__"}
+check = Checks()
 
 
 def losses(rundir):
@@ -210,8 +175,7 @@ def main():
                         "--resume", "full2/checkpoints/ckpt-00000009.h5"], 2)
     check("a checkpoint of another model config: clear error", rc != 0 and "another model config" in err, err[-1200:])
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

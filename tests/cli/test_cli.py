@@ -18,26 +18,16 @@ import sys
 import h5py
 import numpy as np
 
-VLM = os.environ["VLMTRAIN"]
-SRC = os.environ["VLM_SOURCE_DIR"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vlmtest import SRC, Checks, read_st, run as vlm_run  # noqa: E402
+
 WORK = os.path.join(os.environ.get("VLM_TEST_WORK", "."), "cli")
 TINY = os.path.join(SRC, "configs", "tiny.json")
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}\n     {detail}")
+check = Checks()
 
 
 def run(*args):
-    p = subprocess.run([VLM, *args], capture_output=True, text=True, timeout=600)
-    return p.returncode, p.stdout, p.stderr
+    return vlm_run(list(args), threads=2)
 
 
 def expect_error(name, args, must_contain, files_unchanged=()):
@@ -55,22 +45,7 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-# ---- safetensors written independently of the C code ------------------------
-def read_st(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        b, e = v["data_offsets"]
-        assert v["dtype"] == "F32"
-        out[k] = np.frombuffer(data[b:e], dtype="<f4").reshape(v["shape"])
-    return out
-
-
+# ---- safetensors written independently of the C code (reading: tests/vlmtest.py) ----
 def write_st(path, tensors, dtypes=None, tweak=None):
     header, blobs, off = {}, [], 0
     for k, a in tensors.items():
@@ -232,8 +207,7 @@ def main():
     bad_train("dataset that is not HDF5", "model", ["garbage.h5"], data_path=os.path.abspath("garbage.h5"))
     expect_error("model directory that does not exist", ["train", "--model", "nosuchdir", "--data", data, "--config", good_cfg, "--out", "badrun"], ["nosuchdir"])
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":

@@ -21,48 +21,21 @@ and a clear error for a world size that the shard size does not divide.
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
 import numpy as np
 
-VLM = os.environ["VLMTRAIN"]
-SRC = os.environ["VLM_SOURCE_DIR"]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vlmtest import Checks, metrics, read_st, run as vlm_run  # noqa: E402
+
 WORK = os.path.join(os.environ.get("VLM_TEST_WORK", "."), "zero")
 TOL = 1e-5
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}\n     {detail}")
+check = Checks()
 
 
 def run(args, np_=1):
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
-    cmd = [VLM, *args] if np_ == 1 else ["mpirun", "--oversubscribe", "-np", str(np_), VLM, *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    return p.returncode, p.stdout, p.stderr
-
-
-def read_st(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
-            for k, v in header.items() if k != "__metadata__"}
-
-
-def metrics(rundir):
-    return [json.loads(l) for l in open(os.path.join(rundir, "metrics.jsonl"))]
+    return vlm_run(args, np_, {"OMPI_MCA_rmaps_base_oversubscribe": "1"})
 
 
 MODEL_CFG = {
@@ -181,8 +154,7 @@ def main():
     rc, out, err = run(["train", *base_args, "--config", train_cfg("t1.json", 1), "--out", "r1"])
     check("single-process run", rc == 0, err[-2000:])
     if rc != 0:
-        print(f"{passed} passed, {failed} failed")
-        return 1
+        return check.finish()
     ref_m = metrics("r1")
     lr_sum = 5.0 * sum(r["lr"] for r in ref_m)  # largest group lr_scale is 5
     ref_w = read_st("r1/final/model.safetensors")
@@ -222,8 +194,7 @@ def main():
     rc, _, err = run(["train", *base_args, "--config", train_cfg("bad.json", 2), "--out", "rbad"], 3)
     check("world 3 with shard size 2 is a clear error", rc != 0 and "not a multiple of the shard group size" in err, err[-800:])
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return check.finish()
 
 
 if __name__ == "__main__":
