@@ -30,6 +30,7 @@
 #include "modules/optimizer.h"
 #include "modules/registry.h"
 #include "modules/zero.h"
+#include "slurm/runtime.h"
 
 
 static int make_dir(const char *path) {
@@ -200,6 +201,14 @@ int cmd_train(int argc, char **argv) {
     t.train_steps = steps;
   }
   if (t.bf16) vlm_warn("bf16.enabled is set: the CPU path computes in fp32\n");
+  { /* before anything collective: refuse a wrong launch, catch signals, watch for hangs */
+    char launch[512];
+    VLM_CHECK(rt_startup_check(MPI_COMM_WORLD, launch, sizeof launch));
+    vlm_log("launch: %s\n", launch);
+    VLM_CHECK(rt_signals_install());
+    VLM_CHECK(rt_watchdog_start(t.watchdog_timeout));
+  }
+  int stopped = 0;
 
   /* everything below owns resources: failures jump to done. Failures that
    * can differ between ranks (data) are agreed on with an all-reduce first. */
@@ -447,7 +456,8 @@ int cmd_train(int argc, char **argv) {
               "GFLOP/s | %.3f s\n",
               step + 1, t.train_steps, step_loss, lr, norm, counts[0] / dt, red[1] / dt * 1e-9, dt);
     int last = step + 1 == t.train_steps;
-    if (last || (t.ckpt_every > 0 && (step + 1) % t.ckpt_every == 0)) {
+    const int stop = rt_stop_requested(comms.world); /* SIGUSR1/SIGTERM on any rank */
+    if (last || stop || (t.ckpt_every > 0 && (step + 1) % t.ckpt_every == 0)) {
       const double tc = vlm_now();
       if (in_flight) prefetch_wait(&pf); /* HDF5 is not thread-safe: the reader must be idle */
       ckpt_state cs = {.step = step + 1, .epoch = in_flight ? pf_epoch : order.epoch,
@@ -459,6 +469,18 @@ int cmd_train(int argc, char **argv) {
       vlm_log("checkpoint: %s/" CKPT_PREFIX "%08ld" CKPT_SUFFIX " (%.2f s)\n", ckpt_dir, step + 1,
               vlm_now() - tc);
     }
+    if (stop && !last) {
+      vlm_log("stopped by %s after step %ld, checkpoint written\n",
+              stop & RT_STOP_REQUEUE ? "SIGUSR1" : "SIGTERM", step + 1);
+      if ((stop & RT_STOP_REQUEUE) && comms.rank == 0 && rt_in_slurm() && rt_requeue() == 0)
+        vlm_log("requeued: this job will start again and continue with --resume auto\n");
+      stopped = 1;
+      break;
+    }
+  }
+  if (stopped) {
+    ok = 1;
+    goto done;
   }
   vlm_log("trained %ld steps in %.1f s\n", t.train_steps - step0, vlm_now() - t_start);
   if (comms.rank == 0) {
@@ -503,9 +525,10 @@ done:
   registry_free(&r);
   if (comms_made) comms_free(&comms);
   train_config_free(&t);
+  rt_watchdog_stop();
   int world_size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);
   if (!ok && world_size > 1) /* a failure on some ranks must not leave the others waiting */
     MPI_Abort(MPI_COMM_WORLD, 1);
-  return ok ? 0 : -1;
+  return !ok ? -1 : stopped ? RT_EXIT_STOPPED : 0;
 }

@@ -7,6 +7,7 @@
 
 #include "app/commands.h"
 #include "common/vlm.h"
+#include "slurm/runtime.h"
 
 typedef struct {
   const char *name;
@@ -49,6 +50,7 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (rt_preinit_check() != 0) return 1; /* srun without PMIx: say so before MPI_Init fails */
   int provided = 0, rank = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -56,5 +58,5 @@ int main(int argc, char **argv) {
   omp_set_max_active_levels(1); /* kernels called inside a parallel region run single-threaded */
   int rc = cmd->run(argc - 2, argv + 2);
   MPI_Finalize();
-  return rc == 0 ? 0 : 1;
+  return rc == 0 ? 0 : rc == RT_EXIT_STOPPED ? RT_EXIT_STOPPED : 1;
 }

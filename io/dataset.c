@@ -2,9 +2,11 @@
  * docs/formats.md): a strict reader that checks the file against the model
  * config and names the file, dataset path, sample and token position of anything
  * wrong; an atomic serial writer (PATH.tmp, fsync, rename); and the learnable
- * synthetic image-question-answer dataset. One process, default HDF5 driver: the
- * parallel (MPI-IO) reader comes with the parallel HDF5 issue. It does not
- * tokenize text or decode images: files hold token ids and resized RGB pixels. */
+ * synthetic image-question-answer dataset; the parallel appending writer of
+ * `mkdata --json`; and the parallel reader (dataset_open_mpi, checks once on rank
+ * 0, then independent per-sample reads or one collective H5Dread per data set
+ * and micro-batch; benchmarks/README-dataload.md). It does not tokenize text or
+ * decode images: files hold token ids and resized RGB pixels. */
 #define _POSIX_C_SOURCE 200809L
 #include "io/dataset.h"
 

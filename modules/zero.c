@@ -18,6 +18,7 @@
 
 #include "common/vlm.h"
 #include "kernels/kernels.h"
+#include "slurm/runtime.h" /* the collective watchdog: a rank stuck here is reported by name */
 
 typedef struct {
   int n_mod;
@@ -278,7 +279,9 @@ static void finish_request(zero_state *z) {
   zimpl *im = IMPL(z);
   if (im->req_mod < 0) return;
   double t0 = vlm_now();
+  rt_watchdog_arm_of("allgather of module", z->reg->modules[im->req_mod].name);
   MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+  rt_watchdog_disarm();
   im->st.t_gather_wait += vlm_now() - t0;
   int k = im->req_mod;
   im->req_mod = -1;
@@ -319,8 +322,10 @@ void zero_fetch(zero_state *z, int k) {
     MPI_Abort(z->comm->world, 3);
   }
   double t0 = vlm_now();
+  rt_watchdog_arm_of("allgather of module", z->reg->modules[k].name);
   MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
                 (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
+  rt_watchdog_disarm();
   im->st.t_gather_wait += vlm_now() - t0;
   count_gather(z, k);
   unpack(z, k);
@@ -391,7 +396,9 @@ void zero_grad_end(zero_state *z, int k) {
       }
     }
     double t0 = vlm_now();
+    rt_watchdog_arm_of("reduce-scatter of module", m->name);
     MPI_Reduce_scatter_block(im->gsend, im->grecv, (int)G, MPI_FLOAT, MPI_SUM, z->comm->shard);
+    rt_watchdog_disarm();
     im->st.t_reduce += vlm_now() - t0;
     im->st.n_reduce_scatter++;
     im->st.bytes_reduce_scatter += (double)G * S * sizeof(float);
@@ -404,6 +411,7 @@ void zero_grad_end(zero_state *z, int k) {
 void zero_reduce_grads(zero_state *z) {
   zimpl *im = IMPL(z);
   double t0 = vlm_now();
+  rt_watchdog_arm("all-reduce of the gradients");
   if (z->comm->R > 1 && im->shard_grad_n > 0) {
     allreduce_floats(z->grads, im->shard_grad_n, z->comm->replica);
     im->st.n_allreduce++;
@@ -414,6 +422,7 @@ void zero_reduce_grads(zero_state *z) {
     im->st.n_allreduce++;
     im->st.bytes_allreduce += 2.0 * im->repl_grad_n * sizeof(float);
   }
+  rt_watchdog_disarm();
   im->st.t_reduce += vlm_now() - t0;
 }
 

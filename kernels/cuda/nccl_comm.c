@@ -35,6 +35,8 @@ static const char *group_name(vlm_nccl_group g) {
 }
 
 #define BUSID_LEN 32
+/* Ranks per node up to which the one-GPU-per-rank check runs. */
+#define MAX_NODE_RANKS 256
 
 int vlm_cuda_select_device(MPI_Comm world, int *device, int *local_rank, int *local_size) {
   int wrank = 0, lrank = 0, lsize = 1, ndev = 0, dev = -1;
@@ -69,14 +71,14 @@ int vlm_cuda_select_device(MPI_Comm world, int *device, int *local_rank, int *lo
                wrank, why);
     VLM_FAIL("another rank cannot use its GPU (its error says why)");
   }
-  /* two ranks of this node on one physical GPU: NCCL would refuse with a vague error */
-  char *all = vlm_alloc((size_t)lsize * BUSID_LEN, "PCI bus ids of the node");
-  int clash = all ? -1 : lrank; /* treat a failed allocation as a clash: it fails below */
-  if (all) {
+  /* two ranks of this node on one physical GPU: NCCL would refuse with a vague error
+   * (every rank of a node has the same lsize, so all take the same branch) */
+  int clash = -1;
+  if (lsize <= MAX_NODE_RANKS) {
+    char all[MAX_NODE_RANKS][BUSID_LEN]; /* 8 KiB */
     MPI_Allgather(bus, BUSID_LEN, MPI_CHAR, all, BUSID_LEN, MPI_CHAR, node);
     for (int i = 0; i < lsize && clash < 0; i++)
-      if (i != lrank && strncmp(all + (size_t)i * BUSID_LEN, bus, BUSID_LEN) == 0) clash = i;
-    vlm_free(all);
+      if (i != lrank && strncmp(all[i], bus, BUSID_LEN) == 0) clash = i;
   }
   MPI_Comm_free(&node);
   int any_clash = clash >= 0, world_clash = 0;

@@ -250,8 +250,8 @@ static int run_checks(const char *cfg_path, const char *dir) {
       if (m == 0 && n == 0) empty_rank++;
       if (!read_equal(d, &ref, idx, n, why, sizeof why) && all_ok) {
         all_ok = 0;
-        fprintf(stderr, "rank %d, %s mode, round %d: %s\n", g_rank, m ? "collective" : "independent",
-                round, why);
+        fprintf(stderr, "rank %d, %s mode, round %d: %s\n", g_rank,
+                m ? "collective" : "independent", round, why);
       }
     }
     long tally[4] = {zero_img, two_img, repeats, empty_rank};
