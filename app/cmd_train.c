@@ -261,7 +261,7 @@ int cmd_train(int argc, char **argv) {
           model_dir, ws.n_loaded, ws.n_files, ws.n_lora_init);
   registry_print_summary(&r, &c);
 
-  VLM_CHECK_GOTO(dataset_open(&d, data_path, &c), done);
+  VLM_CHECK_GOTO(dataset_open_mpi(&d, data_path, &c, comms.world, t.read_collective), done);
   d_open = 1;
   if (d.max_len > c.seq_length) {
     vlm_error_at(__FILE__, __LINE__, __func__,
@@ -335,7 +335,7 @@ int cmd_train(int argc, char **argv) {
       vlm_log("resume: no checkpoint in %s: starting at step 0\n", ckpt_dir);
     }
   }
-  VLM_CHECK_GOTO(prefetch_init(&pf, &d, Bmax, max_tokens, max_images), done);
+  VLM_CHECK_GOTO(prefetch_init(&pf, &d, Bmax, max_tokens, max_images, t.read_collective), done);
   all_idx = vlm_alloc((size_t)G * sizeof(long), "global batch indices");
   if (!all_idx) goto done;
   if (do_audit) {

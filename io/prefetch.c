@@ -7,15 +7,7 @@
 #include "common/vlm.h"
 
 static int read_batch(dataset *d, sample_batch *b) {
-  const size_t img = (size_t)d->image_size * d->image_size * 3;
-  long t = 0, im = 0;
-  for (int j = 0; j < b->n; j++) {
-    VLM_CHECK(dataset_read_sample(d, b->idx[j], b->tokens + t, b->labels + t, &b->len[j],
-                                  b->pixels + im * img, &b->n_img[j]));
-    t += b->len[j];
-    im += b->n_img[j];
-  }
-  return 0;
+  return dataset_read_samples(d, b->idx, b->n, b->tokens, b->labels, b->len, b->pixels, b->n_img);
 }
 
 static void *worker(void *arg) {
@@ -36,9 +28,11 @@ static void *worker(void *arg) {
   return NULL;
 }
 
-int prefetch_init(prefetcher *p, dataset *d, int max_samples, long max_tokens, long max_images) {
+int prefetch_init(prefetcher *p, dataset *d, int max_samples, long max_tokens, long max_images,
+                  int synchronous) {
   memset(p, 0, sizeof *p);
   p->d = d;
+  p->synchronous = synchronous;
   const size_t img = (size_t)d->image_size * d->image_size * 3;
   for (int k = 0; k < 2; k++) {
     sample_batch *b = &p->buf[k];
@@ -53,6 +47,7 @@ int prefetch_init(prefetcher *p, dataset *d, int max_samples, long max_tokens, l
       VLM_FAIL("cannot allocate the prefetch buffers");
     }
   }
+  if (synchronous) return 0;
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
   if (pthread_create(&p->thread, NULL, worker, p) != 0) {
@@ -64,6 +59,14 @@ int prefetch_init(prefetcher *p, dataset *d, int max_samples, long max_tokens, l
 }
 
 void prefetch_start(prefetcher *p, const long *idx, int n) {
+  if (p->synchronous) {
+    sample_batch *b = &p->buf[1 - p->ready];
+    memcpy(b->idx, idx, (size_t)n * sizeof(long));
+    b->n = n;
+    b->rc = read_batch(p->d, b);
+    p->ready = 1 - p->ready;
+    return;
+  }
   pthread_mutex_lock(&p->mu);
   sample_batch *b = &p->buf[1 - p->ready];
   memcpy(b->idx, idx, (size_t)n * sizeof(long));
@@ -74,6 +77,7 @@ void prefetch_start(prefetcher *p, const long *idx, int n) {
 }
 
 sample_batch *prefetch_wait(prefetcher *p) {
+  if (p->synchronous) return &p->buf[p->ready];
   pthread_mutex_lock(&p->mu);
   while (p->busy) pthread_cond_wait(&p->cv, &p->mu);
   sample_batch *b = &p->buf[p->ready];

@@ -2,7 +2,9 @@
  * background thread while the current one computes (double buffering). The
  * thread makes HDF5 calls only between prefetch_start and prefetch_wait, and no
  * MPI calls at all, so the main thread must not touch HDF5 in between (Debian's
- * HDF5 is not thread-safe; the trainer waits before writing a checkpoint). */
+ * HDF5 is not thread-safe; the trainer waits before writing a checkpoint).
+ * A dataset opened for collective reads makes MPI calls, which the thread may
+ * not (MPI_THREAD_FUNNELED): then prefetch_start reads at once, in the caller. */
 #ifndef VLM_IO_PREFETCH_H
 #define VLM_IO_PREFETCH_H
 
@@ -30,11 +32,13 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int started;
+  int synchronous; /* collective reads: no thread */
 } prefetcher;
 
 /* Buffers for up to max_samples samples of at most max_len tokens and
- * max_images images in all; starts the thread. */
-int prefetch_init(prefetcher *p, dataset *d, int max_samples, long max_tokens, long max_images);
+ * max_images images in all; starts the thread unless synchronous. */
+int prefetch_init(prefetcher *p, dataset *d, int max_samples, long max_tokens, long max_images,
+                  int synchronous);
 /* Starts reading samples idx[0..n) into the free buffer. */
 void prefetch_start(prefetcher *p, const long *idx, int n);
 /* Waits for the read in flight and returns its buffer (valid until the next

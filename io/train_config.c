@@ -91,6 +91,7 @@ static const key_spec KEYS[] = {
     {"data", K_OBJ, 0, NOF, 0, 0},
     {"data.shuffle", K_BOOL, 0, F(shuffle), 0, 1},
     {"data.seed", K_LONG, 0, F(data_seed), 0, BIG},
+    {"data.read_mode", K_SPECIAL, 0, NOF, 0, 0},
     {"checkpoint", K_OBJ, 1, NOF, 0, 0},
     {"checkpoint.every_steps", K_LONG, 0, F(ckpt_every), 0, BIG},
     {"checkpoint.keep", K_INT, 0, F(ckpt_keep), 0, 1 << 20},
@@ -560,6 +561,14 @@ static int read_values(train_config *t, const cJSON *root, const char *what) {
     VLM_FAIL("%s: \"scheduler.params\" gives both \"warmup_num_steps\" and \"warmup_ratio\": give "
              "one",
              what);
+  v = get_path(root, "data.read_mode");
+  if (v) {
+    char mode[32];
+    VLM_CHECK(get_string(v, what, "data.read_mode", mode, sizeof mode));
+    if (strcmp(mode, "independent") != 0 && strcmp(mode, "collective") != 0)
+      VLM_FAIL("%s: key \"data.read_mode\": \"%s\" is not \"independent\" or \"collective\"", what, mode);
+    t->read_collective = strcmp(mode, "collective") == 0;
+  }
   v = get_path(root, "checkpoint.dir");
   if (v) VLM_CHECK(get_string(v, what, "checkpoint.dir", t->ckpt_dir, sizeof t->ckpt_dir));
   v = get_path(root, "trainable");

@@ -51,6 +51,7 @@ typedef struct {
   int recompute_vit, recompute_llm; /* "recompute": {"vit": true, "llm": false} */
   int shuffle;             /* "data": {"shuffle": true, "seed": 1234} */
   long data_seed;
+  int read_collective;     /*   "read_mode": "independent" (default, measured faster) | "collective" */
   long ckpt_every;         /* "checkpoint": {"every_steps": 0 (only at the end), */
   int ckpt_keep;           /*   "keep": 3 (last K checkpoints; 0 keeps all), */
   char ckpt_dir[1024];     /*   "dir": "" (RUNDIR/checkpoints)} */
