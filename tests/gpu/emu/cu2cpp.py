@@ -30,6 +30,8 @@ def kernel_name_start(text, end):
     """Start of the kernel expression ending at `end` (an identifier, maybe with
     template arguments)."""
     i = end
+    while text[i - 1].isspace():
+        i -= 1
     if text[i - 1] == ">":  # template arguments: walk back to the matching '<'
         depth = 0
         while True:
@@ -56,7 +58,7 @@ def convert(text):
             out.append(text[pos:])
             break
         start = kernel_name_start(text, j)
-        name = text[start:j].strip()
+        name = " ".join(text[start:j].split())
         k = text.find(">>>", j)
         cfg = text[j + 3:k]
         p = text.index("(", k)

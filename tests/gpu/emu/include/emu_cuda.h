@@ -1,6 +1,6 @@
 /* tests/gpu/emu/include/emu_cuda.h: the small part of the CUDA runtime, cuBLAS and
  * cuBLASLt that vlmtrain's CUDA backend uses, emulated on the CPU, so that the unchanged
- * kernel sources (kernels/cuda/*.cu, turned into C++ by cu2cpp.py) and the GPU check
+ * kernel sources (the .cu files of kernels/cuda, turned into C++ by cu2cpp.py) and the GPU check
  * program can run where there is no GPU.
  *
  * What is emulated: device memory is host memory (every allocation is recorded and
