@@ -171,6 +171,7 @@ int cmd_train(int argc, char **argv) {
   int rc = opts_parse("train", "--model DIR --data DATA.h5 --config TRAIN.json --out RUNDIR [--steps N] [--audit] [--resume auto|PATH]",
                       o, 7, argc, argv, NULL, 0, NULL);
   if (rc) return rc > 0 ? 0 : -1;
+  const double t_launch = vlm_now();
   const char *model_dir = o[0].value, *data_path = o[1].value, *out_dir = o[3].value;
   const int do_audit = o[5].value[0] == '1';
 
@@ -323,8 +324,10 @@ int cmd_train(int argc, char **argv) {
     struct stat csb;
     int dir_exists = stat(ckpt_dir, &csb) == 0 && S_ISDIR(csb.st_mode);
     MPI_Allreduce(MPI_IN_PLACE, &dir_exists, 1, MPI_INT, MPI_MIN, comms.world);
+    const double tl = vlm_now();
     if (!is_auto || dir_exists) /* auto with no checkpoint directory yet: a fresh start */
       VLM_CHECK_GOTO(ckpt_load(what, &z, &opt_state, &cs, &loaded, from, sizeof from), done);
+    if (loaded) vlm_log("resume: checkpoint read in %.2f s\n", vlm_now() - tl);
     if (loaded) {
       step0 = cs.step;
       VLM_CHECK_GOTO(data_order_seek(&order, cs.epoch, cs.cursor), done);
@@ -375,6 +378,8 @@ int cmd_train(int argc, char **argv) {
   double ph[PH_N] = {0};
   zero_reset_stats(&z);
   const double t_start = vlm_now();
+  vlm_log("start-up: %.2f s from launch to the first step%s\n", vlm_now() - t_launch,
+          step0 > 0 ? " (resumed)" : "");
   for (long step = step0; step < t.train_steps; step++) {
     const double t0 = vlm_now();
     zero_stats st0;

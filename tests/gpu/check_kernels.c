@@ -17,6 +17,10 @@
  *   TOL_BF16_VS_F32  2e-2  bf16 GEMMs against the CPU on the unrounded fp32 inputs
  *                          (bf16 keeps 8 significant bits: 2^-9 relative per input);
  *   TOL_SUMSQ        1e-10 sum of squares (both in double);
+ *   TOL_LONG_ROW     5e-5  softmax rows and cross-entropy losses over more than 1024
+ *                          columns (a sum of that many fp32 terms: the CPU adds them in a
+ *                          few long SIMD chains, the GPU in many short ones, so the
+ *                          normaliser differs by ~sqrt(n) ulp);
  *   exact                  fp32 <-> bf16 conversion bits, valid-row counts, and the
  *                          determinism checks (the same call twice, bit for bit).
  * Backward checks start from non-zero gradient buffers (so += is tested) and include
@@ -39,6 +43,7 @@
 #define TOL_BF16_SAME 2e-5
 #define TOL_BF16_VS_F32 2e-2
 #define TOL_SUMSQ 1e-10
+#define TOL_LONG_ROW 5e-5
 
 static vlm_cuda_ctx ctx;
 static cudaStream_t st;
@@ -457,10 +462,11 @@ static void test_softmax(int N, int C) {
   softmax_forward(y, x, N, C);
   float *d_x = d_upload(x, n), *d_y = d_alloc(n * 4);
   cuda_softmax_forward(&ctx, st, d_y, d_x, N, C);
+  const double tol = C > 1024 ? TOL_LONG_ROW : TOL_F32;
   snprintf(name, sizeof name, "softmax_forward N=%d C=%d", N, C);
-  check(name, d_y, y, n, TOL_F32);
+  check(name, d_y, y, n, tol);
   cuda_softmax_forward(&ctx, st, d_x, d_x, N, C); /* in place */
-  check("softmax_forward in place (out aliases in)", d_x, y, n, TOL_F32);
+  check("softmax_forward in place (out aliases in)", d_x, y, n, tol);
   float *g = h_rand(n, 1.0f), *gx = h_rand(n, 1.0f);
   float *d_g = d_upload(g, n), *d_gx = d_upload(gx, n);
   softmax_backward(gx, g, y, N, C);
@@ -624,9 +630,10 @@ static void test_cross_entropy(int N, int V, int mode) {
   int nv_g = -1;
   d_download_bytes(&loss_g, d_loss, sizeof loss_g);
   d_download_bytes(&nv_g, d_nv, sizeof nv_g);
-  double e = fabs(loss_g - loss_c) / fmax(fabs(loss_c), 1e-30);
+  const double e = fabs(loss_g - loss_c) / fmax(fabs(loss_c), 1e-30);
+  const double tol = V > 1024 ? TOL_LONG_ROW : TOL_F32;
   snprintf(name, sizeof name, "cross_entropy N=%d V=%d%s loss sum", N, V, modes[mode]);
-  report(e <= TOL_F32, name, e, TOL_F32);
+  report(e <= tol, name, e, tol);
   snprintf(name, sizeof name, "cross_entropy N=%d V=%d%s valid rows (%d)", N, V, modes[mode],
            nv_c);
   report(nv_g == nv_c, name, fabs((double)(nv_g - nv_c)), 0.0);

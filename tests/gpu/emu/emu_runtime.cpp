@@ -313,6 +313,7 @@ void emu_launch(const void *kernel, const emu_cfg &cfg, const std::function<void
     for (unsigned y = 0; y < cfg.grid.y; y++)
       for (unsigned x = 0; x < cfg.grid.x; x++) {
         emu_block_idx = dim3(x, y, z);
+        memset(smem.data(), 0xff, smem.size()); /* a block starts with garbage (NaN) */
         run_block(nthreads);
       }
   g_dyn_smem = NULL;
