@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test.sh: the whole test suite. Installs the Debian packages, builds
-# vlmtrain with -Wall -Wextra -Werror and runs every test under ctest, then
-# builds again with AddressSanitizer + UBSan and runs the suite once more.
+# vlmtrain with -Wall -Wextra -Werror and runs every test under ctest, builds the
+# CUDA backend with nvcc (compile and link only: no GPU here) and checks its
+# kernels' logic in a CPU emulation, then builds again with AddressSanitizer +
+# UBSan and runs the suite once more.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$here/scripts/install-deps.sh"
@@ -10,6 +12,13 @@ echo "== build (Release, -Werror) =="
 bash "$here/scripts/build.sh" "$here/build"
 echo "== tests =="
 (cd "$here/build" && ctest --output-on-failure --timeout 900)
+echo "== build the CUDA backend (nvcc, -Werror): compiled and linked; CI has no GPU to run it =="
+cmake -S "$here" -B "$here/build-cuda" -DCMAKE_BUILD_TYPE=Release -DVLMTRAIN_WERROR=ON \
+  -DVLMTRAIN_CUDA=ON -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+cmake --build "$here/build-cuda" -j "$(nproc)" --target vlm_cuda check_kernels check_nccl bench_gemm_attention
+echo "== CUDA kernels, compiled for a CPU emulation of CUDA, against the CPU kernels =="
+bash "$here/tests/gpu/emu/build.sh" "$here/build-emu" > /dev/null
+"$here/build-emu/check_kernels"
 echo "== build (AddressSanitizer + UBSan) =="
 bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
 echo "== tests under AddressSanitizer + UBSan =="

@@ -35,7 +35,8 @@
 #define NT 128
 #define SPT ((BQ * BK) / NT) /* score entries per thread */
 
-static_assert(BQ == 32 && BK == 32 && NT == 128, "the thread mappings assume 32x32 tiles, 128 threads");
+static_assert(BQ == 32 && BK == 32 && NT == 128,
+              "the thread mappings assume 32 x 32 tiles and 128 threads");
 
 static inline int smem_stride(int D) { return D | 1; }
 

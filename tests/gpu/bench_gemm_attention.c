@@ -239,7 +239,8 @@ static void bench_attention(const char *label, int Tq, int Tk, int H, int D, int
   q = qb;
   k = nkv ? kvb : qb + (size_t)H * D;
   v = nkv ? kvb + (size_t)H * D : qb + 2 * (size_t)H * D;
-  float *gk = nkv ? gkv : gq + (size_t)H * D, *gv = nkv ? gkv + (size_t)H * D : gq + 2 * (size_t)H * D;
+  float *gk = nkv ? gkv : gq + (size_t)H * D;
+  float *gv = nkv ? gkv + (size_t)H * D : gq + 2 * (size_t)H * D;
   const size_t no = (size_t)Tq * H * D;
   float *out = d_alloc(no * 4), *dout = d_alloc(no * 4), *lse = d_alloc((size_t)H * Tq * 4);
   float *scr = d_alloc(cuda_attention_scratch_floats(&s) * 4);

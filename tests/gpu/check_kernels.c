@@ -270,12 +270,23 @@ static void test_convert(void) {
   const size_t nr = 100000, ns = 12;
   const size_t n = nr + ns;
   float *x = h_rand(n, 1000.0f);
-  uint32_t special[12] = {0x00000000u, 0x80000000u, 0x3f800000u, 0x3f808000u, /* 1 + 2^-8: tie, even */
-                          0x3f818000u, /* 1 + 3*2^-8: tie, rounds up */
-                          0x7f7fffffu, /* FLT_MAX: rounds to +Inf */
-                          0x7f800000u, 0xff800000u, 0x7fc00001u, 0xffa00000u, /* NaNs */
-                          0x00000001u, 0x807fffffu};                          /* subnormals */
-  for (size_t i = 0; i < ns; i++) memcpy(&x[nr + i], &special[i], 4);
+  const uint32_t special[12] = {
+      0x00000000u, 0x80000000u, 0x3f800000u, /* +0, -0, 1 */
+      0x3f808000u,                           /* 1 + 2^-8: a tie, stays at the even 1 */
+      0x3f818000u,                           /* 1 + 3 * 2^-8: a tie, rounds up to even */
+      0x7f7fffffu,                           /* FLT_MAX: rounds to +Inf */
+      0x7f800000u, 0xff800000u,              /* +-Inf */
+      0x7fc00001u, 0xffa00000u,              /* quiet and signalling NaN */
+      0x00000001u, 0x807fffffu};             /* subnormals */
+  /* what round-to-nearest-even gives for them, worked out by hand */
+  const uint16_t expect[12] = {0x0000, 0x8000, 0x3f80, 0x3f80, 0x3f82, 0x7f80,
+                               0x7f80, 0xff80, 0x7fc0, 0xffe0, 0x0000, 0x8080};
+  size_t bad_ref = 0;
+  for (size_t i = 0; i < ns; i++) {
+    memcpy(&x[nr + i], &special[i], 4);
+    bad_ref += host_bf16(x[nr + i]) != expect[i];
+  }
+  report(bad_ref == 0, "bf16 rounding reference on hand-checked values", (double)bad_ref, 0.0);
   uint16_t *ref = h_alloc(n * sizeof(uint16_t)), *got = h_alloc(n * sizeof(uint16_t));
   for (size_t i = 0; i < n; i++) ref[i] = host_bf16(x[i]);
   float *d_x = d_upload(x, n);
@@ -357,7 +368,8 @@ static void test_layernorm(int N, int C) {
   float *out = h_floats(n), *mean = h_floats((size_t)N), *rstd = h_floats((size_t)N);
   layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-6f);
   float *d_x = d_upload(x, n), *d_w = d_upload(w, (size_t)C), *d_b = d_upload(b, (size_t)C);
-  float *d_out = d_alloc(n * 4), *d_mean = d_alloc((size_t)N * 4), *d_rstd = d_alloc((size_t)N * 4);
+  float *d_out = d_alloc(n * 4), *d_mean = d_alloc((size_t)N * 4);
+  float *d_rstd = d_alloc((size_t)N * 4);
   cuda_layernorm_forward(&ctx, st, d_out, d_mean, d_rstd, d_x, d_w, d_b, N, C, 1e-6f);
   snprintf(name, sizeof name, "layernorm_forward out N=%d C=%d", N, C);
   check(name, d_out, out, n, TOL_F32);

@@ -15,7 +15,8 @@ objs=()
 for cu in "$root"/kernels/cuda/*.cu; do
   name="$(basename "$cu" .cu)"
   python3 "$here/cu2cpp.py" "$cu" "$out/src/$name.cpp"
-  g++ -std=c++17 -Wall -Wextra -Wno-unknown-pragmas "${flags[@]}" -c "$out/src/$name.cpp" -o "$out/obj/cu_$name.o" &
+  g++ -std=c++17 -Wall -Wextra -Wno-unknown-pragmas "${flags[@]}" \
+    -c "$out/src/$name.cpp" -o "$out/obj/cu_$name.o" &
   objs+=("$out/obj/cu_$name.o")
   if (( $(jobs -r | wc -l) >= 2 )); then wait -n; fi
 done

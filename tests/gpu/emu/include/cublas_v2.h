@@ -1,3 +1,3 @@
 /* tests/gpu/emu/include/cublas_v2.h: stand-in for the CUDA header of that name in the CPU
- * emulation build (tests/gpu/emu/README.md); everything lives in emu_cuda.h. */
+ * emulation build (tests/gpu/emu/build.sh); everything lives in emu_cuda.h. */
 #include "emu_cuda.h"

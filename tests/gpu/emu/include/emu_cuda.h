@@ -123,7 +123,10 @@ typedef struct {
   float wavesCount;
   int reserved[4];
 } cublasLtMatmulHeuristicResult_t;
-typedef enum { CUBLASLT_MATMUL_DESC_TRANSA = 3, CUBLASLT_MATMUL_DESC_TRANSB = 4 } cublasLtMatmulDescAttributes_t;
+typedef enum {
+  CUBLASLT_MATMUL_DESC_TRANSA = 3,
+  CUBLASLT_MATMUL_DESC_TRANSB = 4
+} cublasLtMatmulDescAttributes_t;
 typedef enum {
   CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
   CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,
@@ -218,7 +221,8 @@ struct emu_cfg {
   dim3 grid, block;
   size_t smem;
   cudaStream_t stream;
-  emu_cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = 0) : grid(g), block(b), smem(s), stream(st) {}
+  emu_cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = 0)
+      : grid(g), block(b), smem(s), stream(st) {}
 };
 void emu_launch(const void *kernel, const emu_cfg &cfg, const std::function<void()> &body);
 
