@@ -1,0 +1,139 @@
+/* kernels/backend.h: the run-time kernel dispatch table (`--device cpu|cuda`).
+ *
+ * The model (modules/) never calls a kernel or touches a tensor's memory directly:
+ * it goes through a `vlm_backend`, so the same model code runs on the CPU kernels
+ * (kernels/cpu/, host memory) and on the CUDA kernels (kernels/cuda/, device memory).
+ *
+ * Every kernel of kernels/kernels.h appears here with exactly its arguments and
+ * meaning (outputs, inputs, weights, shapes; backward ACCUMULATES; NULL gradient =
+ * skipped). On a backend with on_device = 1 every tensor pointer AND every int index
+ * array passed to a kernel is device memory; scalars and shapes stay host values.
+ * Kernels are enqueued in order on the backend's compute stream; the only calls that
+ * wait for the device are download, sync, and the two that return a host value
+ * (cross_entropy_forward_backward, sum_squares).
+ *
+ * Host code may dereference a tensor only when on_device == 0. Work that modules/
+ * used to do with host loops over tensors is done by the "rows" helpers at the end
+ * (kernels/cpu/rows.c, kernels/cuda/rows.cu).
+ *
+ * Threads: the CPU backend parallelises inside each kernel with OpenMP, and a kernel
+ * called from inside an OpenMP parallel region runs single-threaded, so modules/ may
+ * run independent kernel calls (one per view) in a parallel loop when
+ * host_parallel is 1. On the CUDA backend host_parallel is 0: calls are issued from
+ * one thread, in order. */
+#ifndef VLM_KERNELS_BACKEND_H
+#define VLM_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernels.h"
+
+typedef struct vlm_backend {
+  const char *name;  /* "cpu" or "cuda" */
+  int on_device;     /* 1: tensors live in device memory */
+  int host_parallel; /* 1: independent kernel calls may be issued from OpenMP threads */
+
+  /* ---- memory ---- */
+  /* bytes of backend memory (64-byte aligned), NULL when it cannot be had; `what`
+   * names the buffer for the caller's error message. */
+  void *(*alloc)(size_t bytes, const char *what);
+  void (*free)(void *p);
+  void (*upload)(void *dst, const void *host_src, size_t bytes);   /* host -> backend */
+  void (*download)(void *host_dst, const void *src, size_t bytes); /* backend -> host, waits */
+  void (*copy)(void *dst, const void *src, size_t bytes);          /* backend -> backend */
+  void (*zero)(float *x, long n);
+  void (*sync)(void); /* waits until every enqueued kernel has finished */
+
+  /* ---- the kernels of kernels/kernels.h, same arguments ---- */
+  void (*linear_forward)(float *out, const float *in, const float *W, const float *b, int N,
+                         int K, int O);
+  void (*linear_backward)(float *din, float *dW, float *db, const float *dout, const float *in,
+                          const float *W, int N, int K, int O);
+  void (*matmul_forward)(float *out, const float *in, const float *P, int N, int K, int O);
+  void (*matmul_backward)(float *din, float *dP, const float *dout, const float *in,
+                          const float *P, int N, int K, int O);
+  void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *in, const float *w,
+                            const float *b, int N, int C, float eps);
+  void (*layernorm_backward)(float *din, float *dw, float *db, const float *dout, const float *in,
+                             const float *w, const float *mean, const float *rstd, int N, int C);
+  void (*rmsnorm_forward)(float *out, float *rstd, const float *in, const float *w, int N, int C,
+                          float eps);
+  void (*rmsnorm_backward)(float *din, float *dw, const float *dout, const float *in,
+                           const float *w, const float *rstd, int N, int C);
+  void (*gelu_forward)(float *out, const float *in, long n);
+  void (*gelu_backward)(float *din, const float *dout, const float *in, long n);
+  void (*swiglu_forward)(float *out, const float *a, const float *g, long n);
+  void (*swiglu_backward)(float *da, float *dg, const float *dout, const float *a, const float *g,
+                          long n);
+  void (*softmax_forward)(float *out, const float *in, int N, int C);
+  void (*softmax_backward)(float *din, const float *dout, const float *out, int N, int C);
+  void (*rope_forward)(float *x, const int *pos, int T, int H, int D, int R, int ld, float base);
+  void (*rope_backward)(float *dx, const int *pos, int T, int H, int D, int R, int ld, float base);
+  /* scratch floats for ONE call issued by one thread (CPU: the kernel's per-call need
+   * with nthreads OpenMP threads; CUDA: the backward's row-dot buffer) */
+  size_t (*attention_scratch_floats)(const attn_shape *s, int nthreads);
+  void (*attention_forward)(float *out, float *lse, const float *q, const float *k,
+                            const float *v, const attn_shape *s, float *scratch);
+  void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout,
+                             const float *out, const float *lse, const float *q, const float *k,
+                             const float *v, const attn_shape *s, float *scratch);
+  /* returns the loss sum and sets *n_valid (host values; targets in backend memory) */
+  double (*cross_entropy_forward_backward)(float *dlogits, const float *logits,
+                                           const int *targets, int N, int V, float grad_scale,
+                                           int *n_valid);
+  void (*patch_im2col)(float *cols, const float *img, int Himg, int Wimg, int y0, int x0, int win,
+                       int p);
+  void (*bicubic_resize_forward)(float *out, const float *in, int Hi, int Wi, int Ho, int Wo,
+                                 int C, float *tmp);
+  void (*bicubic_resize_backward)(float *din, const float *dout, int Hi, int Wi, int Ho, int Wo,
+                                  int C, float *tmp);
+  void (*sincos_2d_table)(float *out, int G, int dim);
+  void (*adamw_step)(float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, long t);
+  double (*sum_squares)(const float *g, long n); /* host value */
+  void (*scale_inplace)(float *x, long n, float s);
+  void (*lora_forward)(float *y, float *t, const float *x, const float *A, const float *B,
+                       const float *scale, int N, int K, int O, int r);
+  void (*lora_backward)(float *dx, float *dA, float *dB, float *dscale, const float *dy,
+                        const float *x, const float *t, const float *A, const float *B,
+                        const float *scale, int N, int K, int O, int r, float *scratch);
+
+  /* ---- rows helpers (what modules/ did with host loops) ---- */
+  /* y[n] += x[n] */
+  void (*add_into)(float *y, const float *x, long n);
+  /* out[n] = a[n] + b[n] */
+  void (*add)(float *out, const float *a, const float *b, long n);
+  /* x[r, :] += t[r % P, :] for r < N   (x[N,C], t[P,C]: a table added to every view) */
+  void (*add_rows_bcast)(float *x, const float *t, int N, int P, int C);
+  /* dst[dst_rows ? dst_rows[i] : i, :] = src[src_rows ? src_rows[i] : i, :], i < n
+   * (a gather when dst_rows is NULL, a scatter when src_rows is NULL; the dst rows
+   * of one call are distinct) */
+  void (*rows_copy)(float *dst, const int *dst_rows, const float *src, const int *src_rows, int n,
+                    int C);
+  /* For each segment j < n_seg: dst[dst_rows[j], :] += sum over i in
+   * [seg[j], seg[j+1]) of src[src_rows ? src_rows[i] : i, :], summed in i order
+   * (deterministic). dst_rows of one call are distinct. Embedding gradients
+   * (segments = the positions of one token id), view sums (segments = one row of
+   * every view), scatter-adds (segments of length 1). */
+  void (*rows_segment_add)(float *dst, const int *dst_rows, const float *src,
+                           const int *src_rows, const int *seg, int n_seg, int C);
+  /* out[n_pixels * 3] = (px / 255 - mean[c]) / std[c] for RGB uint8 px (CLIP
+   * normalisation; px in backend memory) */
+  void (*image_normalize)(float *out, const uint8_t *px, long n_pixels, const float mean[3],
+                          const float std[3]);
+} vlm_backend;
+
+/* The CPU backend (always built). */
+const vlm_backend *vlm_backend_cpu(void);
+
+/* The backend called `name` ("cpu" or "cuda"), set up for this process (CUDA: the
+ * rank's GPU chosen from the local rank, a context and streams). NULL with a
+ * VLM_FAIL message when the name is unknown, when this build has no CUDA backend
+ * (-DVLMTRAIN_CUDA=OFF), or when no GPU can be used. */
+const vlm_backend *vlm_backend_get(const char *name);
+
+/* Releases what vlm_backend_get set up (a no-op for the CPU). */
+void vlm_backend_shutdown(const vlm_backend *b);
+
+#endif
