@@ -25,7 +25,7 @@
 #define VLM_KERNELS_BACKEND_H
 
 #include <stddef.h>
-#include <stdint.h>
+
 
 #include "kernels/kernels.h"
 
@@ -99,11 +99,11 @@ typedef struct vlm_backend {
                         const float *x, const float *t, const float *A, const float *B,
                         const float *scale, int N, int K, int O, int r, float *scratch);
 
-  /* ---- rows helpers (what modules/ did with host loops) ---- */
+  /* ---- rows helpers of kernels.h (what modules/ did with host loops) ---- */
   /* y[n] += x[n] */
   void (*add_into)(float *y, const float *x, long n);
-  /* out[n] = a[n] + b[n] */
-  void (*add)(float *out, const float *a, const float *b, long n);
+  /* out[n] = a[n] + b[n] (out may alias a or b) */
+  void (*add_vec)(float *out, const float *a, const float *b, long n);
   /* x[r, :] += t[r % P, :] for r < N   (x[N,C], t[P,C]: a table added to every view) */
   void (*add_rows_bcast)(float *x, const float *t, int N, int P, int C);
   /* dst[dst_rows ? dst_rows[i] : i, :] = src[src_rows ? src_rows[i] : i, :], i < n
@@ -119,8 +119,8 @@ typedef struct vlm_backend {
   void (*rows_segment_add)(float *dst, const int *dst_rows, const float *src,
                            const int *src_rows, const int *seg, int n_seg, int C);
   /* out[n_pixels * 3] = (px / 255 - mean[c]) / std[c] for RGB uint8 px (CLIP
-   * normalisation; px in backend memory) */
-  void (*image_normalize)(float *out, const uint8_t *px, long n_pixels, const float mean[3],
+   * normalisation; px in backend memory, mean and std host arrays) */
+  void (*image_normalize)(float *out, const unsigned char *px, long n_pixels, const float mean[3],
                           const float std[3]);
 } vlm_backend;
 

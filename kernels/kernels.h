@@ -165,4 +165,29 @@ void lora_backward(float *dx, float *dA, float *dB, float *dscale, const float *
                    const float *t, const float *A, const float *B, const float *scale, int N, int K,
                    int O, int r, float *scratch);
 
+/* ---- rows helpers: element-wise and row-indexed moves the model needs ----
+ * (kernels/cpu/rows.c). Index arrays live where the tensors live. */
+
+/* y[n] += x[n] */
+void add_into(float *y, const float *x, long n);
+/* out[n] = a[n] + b[n]   (out may alias a or b) */
+void add_vec(float *out, const float *a, const float *b, long n);
+/* x[r, :] += t[r % P, :] for r < N   (x[N,C], t[P,C]: one table added to every view) */
+void add_rows_bcast(float *x, const float *t, int N, int P, int C);
+/* dst[dst_rows ? dst_rows[i] : i, :] = src[src_rows ? src_rows[i] : i, :] for i < n
+ * (a gather when dst_rows is NULL, a scatter when src_rows is NULL; the dst rows of
+ * one call are distinct) */
+void rows_copy(float *dst, const int *dst_rows, const float *src, const int *src_rows, int n,
+               int C);
+/* For each segment j < n_seg: dst[dst_rows[j], :] += sum of src[src_rows ? src_rows[i] : i, :]
+ * over i in [seg[j], seg[j+1]), added in i order (deterministic; dst_rows distinct).
+ * Embedding gradients (a segment = the positions of one token id), sums over views,
+ * scatter-adds (segments of length 1). */
+void rows_segment_add(float *dst, const int *dst_rows, const float *src, const int *src_rows,
+                      const int *seg, int n_seg, int C);
+/* out[3*i + c] = (px[3*i + c] / 255 - mean[c]) / std[c] for i < n_pixels (RGB uint8;
+ * mean and std are host arrays) */
+void image_normalize(float *out, const unsigned char *px, long n_pixels, const float mean[3],
+                     const float std[3]);
+
 #endif

@@ -32,11 +32,6 @@ static inline double attn_flops(const attn_shape *s) {
 
 static inline void zero(float *x, long n) { memset(x, 0, (size_t)n * sizeof(float)); }
 
-static inline void add_into(float *y, const float *x, long n) {
-#pragma omp parallel for if (n > 32768) schedule(static)
-  for (long i = 0; i < n; i++) y[i] += x[i];
-}
-
 /* ViT (vit.c): rows are views x patches; view v uses LoRA set v % (n_windows+1)
  * when that is < n_windows, none for the global view. */
 void vit_load_pixels(model *m, const uint8_t *pixels, int n_images);
