@@ -76,8 +76,9 @@ static int resolve_all(model *m) {
   VLM_CHECK(resolve(m, &m->ln_pre_w, 0, "%s.ln_pre.weight", vit));
   VLM_CHECK(resolve(m, &m->ln_pre_b, 0, "%s.ln_pre.bias", vit));
   m->vit_lowest = v->layers;
+  m->vit_trunk_lowest = v->layers;
   if (tr(m, &m->conv1) || tr(m, &m->pos) || tr(m, &m->ln_pre_w) || tr(m, &m->ln_pre_b))
-    m->vit_lowest = -1;
+    m->vit_lowest = m->vit_trunk_lowest = -1;
   for (int L = 0; L < v->layers; L++) {
     vit_block_w *b = &m->vb[L];
     char p[96];
@@ -109,6 +110,10 @@ static int resolve_all(model *m) {
     for (int i = mod->first; i < mod->first + mod->count; i++)
       if (m->reg->p[i].trainable) b->needs_grad = 1;
     if (b->needs_grad && m->vit_lowest > L) m->vit_lowest = L;
+    const wp *trunk[] = {&b->ln1_w, &b->ln1_b, &b->in_w,  &b->in_b,  &b->out_w,  &b->out_b,
+                         &b->ln2_w, &b->ln2_b, &b->fc_w, &b->fc_b, &b->proj_w, &b->proj_b};
+    for (size_t i = 0; i < sizeof trunk / sizeof trunk[0]; i++)
+      if (tr(m, trunk[i]) && m->vit_trunk_lowest > L) m->vit_trunk_lowest = L;
   }
   const char *ap = "transformer.visual.attn_pool";
   VLM_CHECK(resolve(m, &m->rq, 0, "%s.query", ap));
@@ -364,7 +369,9 @@ static int prepare(model *m, const mb_batch *b, int *n_images_out) {
   const int slots = c->visual.img_slots;
   if (b->n_samples < 1 || b->n_samples > m->max_samples)
     VLM_FAIL("micro-batch of %d samples; the model was set up for 1..%d", b->n_samples, m->max_samples);
-  int t = 0, img = 0;
+  const int nw = c->visual.n_windows, nq = c->visual.n_queries;
+  int t = 0, img = 0, n_img = 0;
+  for (int s = 0; s < b->n_samples; s++) n_img += b->n_img[s];
   for (int s = 0; s < b->n_samples; s++) {
     m->seq_start[s] = t;
     if (b->len[s] < 1) VLM_FAIL("sample %d of the micro-batch is empty", s);
@@ -385,7 +392,13 @@ static int prepare(model *m, const mb_batch *b, int *n_images_out) {
         VLM_FAIL("sample %d: <img> at position %d is not followed by %d slots and </img>", s, i, slots);
       if (seen >= b->n_img[s])
         VLM_FAIL("sample %d: more <img> tags than its %d image(s)", s, b->n_img[s]);
-      for (int k = 0; k < slots; k++) m->slot_row[t + i + 1 + k] = (img + seen) * slots + k;
+      /* views are stored windows of every image first, then every global view:
+       * slot k of image j is query k % nq of view k / nq of that image */
+      for (int k = 0; k < slots; k++) {
+        int j = img + seen, view = k / nq;
+        int vi = view < nw ? j * nw + view : n_img * nw + j;
+        m->slot_row[t + i + 1 + k] = vi * nq + k % nq;
+      }
       seen++;
       i += slots + 1;
     }
@@ -398,6 +411,7 @@ static int prepare(model *m, const mb_batch *b, int *n_images_out) {
   if (img > m->max_images)
     VLM_FAIL("micro-batch holds %d images; the model was set up for %d", img, m->max_images);
   *n_images_out = img;
+  m->n_img = img;
   return 0;
 }
 
@@ -541,8 +555,12 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
       vit_acts *A = &m->va[m->recompute_vit ? 0 : L];
       if (m->recompute_vit) vit_block_forward(m, L, A, m->vit_in[L + 1], m->vit_in[L], n_views, 0);
       int want_dx = L > m->vit_lowest;
+      /* The global views carry no LoRA: below the lowest trainable trunk weight
+       * their gradients reach no parameter, so only the windows go backward
+       * (they are the first n_img * n_windows views). */
+      int n_bwd = L < m->vit_trunk_lowest ? n_img * v->n_windows : n_views;
       if (want_dx) zero(dx, NW);
-      vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_views);
+      vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_bwd);
     }
     release(m, m->mod_vit0 + L, 1);
     float *tmp = dy;

@@ -79,6 +79,9 @@ typedef struct {
   wp ln_f, lm_head;
   int vit_needs_grad;   /* anything in the visual path (ViT or resampler) is trainable */
   int vit_lowest;       /* lowest ViT block needing backward; -1: the stem too; layers: none */
+  int vit_trunk_lowest; /* lowest ViT block whose non-LoRA weights are trainable; -1: the stem;
+                           layers: none. Below it the global views need no backward. */
+  int n_img;            /* images of the current micro-batch */
 
   /* ---- visual activations (N_vit = max_images * views * patches) ---- */
   float *img;        /* [max_images, S, S, 3] normalised */

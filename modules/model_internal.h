@@ -32,8 +32,9 @@ static inline double attn_flops(const attn_shape *s) {
 
 static inline void zero(float *x, long n) { memset(x, 0, (size_t)n * sizeof(float)); }
 
-/* ViT (vit.c): rows are views x patches; view v uses LoRA set v % (n_windows+1)
- * when that is < n_windows, none for the global view. */
+/* ViT (vit.c): rows are views x patches; the first n_img * n_windows views are the
+ * windows (view v uses LoRA set v % n_windows), then one global view per image (no
+ * LoRA). vit_block_backward's n_views may be n_img * n_windows: windows only. */
 void vit_load_pixels(model *m, const uint8_t *pixels, int n_images);
 void vit_stem_forward(model *m, int n_images);
 void vit_stem_backward(model *m, const float *d_h0, int n_images);

@@ -2,7 +2,9 @@
  * windows and the global view, patch embedding, positional embedding, ln_pre
  * (the stem), and the residual blocks with per-window LoRA adapters on in_proj,
  * out_proj and (fed the un-normalised residual) the MLP. All views of all
- * images of a micro-batch are processed together: N = views * patches rows. */
+ * images of a micro-batch are processed together: N = views * patches rows, the
+ * views stored windows first (image 0's windows, image 1's, ...), then the global
+ * views of every image, so that a backward over the windows alone is a prefix. */
 #include <math.h>
 #include <omp.h>
 
@@ -11,11 +13,10 @@
 static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
-/* LoRA set of view vi, or -1 for the global view. */
+/* LoRA set of view vi, or -1 for a global view. */
 static int view_lora(const model *m, int vi) {
-  int nv = m->cfg->visual.n_windows + 1;
-  int k = vi % nv;
-  return k < m->cfg->visual.n_windows ? k : -1;
+  int nw = m->cfg->visual.n_windows;
+  return vi < m->n_img * nw ? vi % nw : -1;
 }
 
 static float *attn_scratch_for_thread(model *m) {
@@ -34,7 +35,8 @@ void vit_stem_forward(model *m, int n_images) {
     float *glob = m->glob + (size_t)i * w * w * 3;
     bicubic_resize_forward(glob, img, S, S, w, w, 3, m->resize_tmp);
     for (int k = 0; k < nv; k++) {
-      float *cols = m->cols + (size_t)(i * nv + k) * NP * KP;
+      int vi = k < v->n_windows ? i * v->n_windows + k : n_images * v->n_windows + i;
+      float *cols = m->cols + (size_t)vi * NP * KP;
       if (k < v->n_windows)
         patch_im2col(cols, img, S, S, (k / ps) * w, (k % ps) * w, w, p);
       else
@@ -140,23 +142,24 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
                 ((double)r * (W + 3 * W) + (double)r * (W + W) + (double)r2 * (W + W));
 }
 
-/* LoRA backward for every windowed view, parallel over LoRA sets (so that no
- * two threads accumulate into the same adapter's gradients). */
+/* LoRA backward for every windowed view (the first n_img * n_windows views),
+ * parallel over LoRA sets (so that no two threads accumulate into the same
+ * adapter's gradients). */
 static void lora_views_backward(model *m, float *dx, int ldx, const float *dy, int ldy,
                                 const float *x, const float *t, int rank, const wp *A, const wp *B,
-                                const wp *S, int n_views, int K, int O) {
+                                const wp *S, int K, int O) {
   const visual_config *v = &m->cfg->visual;
-  const int NP = v->n_patches, nv = v->n_windows + 1;
+  const int NP = v->n_patches, nw = v->n_windows, n_win_views = m->n_img * nw;
 #pragma omp parallel for schedule(dynamic) if (v->n_windows > 1)
   for (int k = 0; k < v->n_windows; k++) {
     float *scratch = m->lora_scratch + (size_t)omp_get_thread_num() * NP * m->lora_rmax;
-    for (int vi = k; vi < n_views; vi += nv) {
+    for (int vi = k; vi < n_win_views; vi += nw) {
       size_t o = (size_t)vi * NP;
       lora_backward(dx ? dx + o * ldx : NULL, A[k].g, B[k].g, S[k].g, dy + o * ldy, x + o * K,
                     t + o * rank, A[k].w, B[k].w, S[k].w, NP, K, O, rank, scratch);
     }
   }
-  long windowed = (long)n_views / nv * v->n_windows;
+  long windowed = n_win_views;
   m->flops += 2.0 * windowed * NP * rank * (O + (A[0].g ? K : 0) + (B[0].g ? O : 0) + (dx ? K : 0));
 }
 
@@ -178,7 +181,7 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
   lin_bwd(m, d_c, b->fc_w, b->fc_b.g, d_f, A->c, N, W, F);
   layernorm_backward(d_x1, b->ln2_w.g, b->ln2_b.g, d_c, A->x1, b->ln2_w.w, A->mean2, A->rstd2, N, W);
   lora_views_backward(m, d_x1, W, dy, W, A->x1, A->t_mlp, r2, b->lora_mlp_a, b->lora_mlp_b,
-                      b->lora_mlp_s, n_views, W, W);
+                      b->lora_mlp_s, W, W);
   /* attention branch: x1 = x + out_proj(ctx) + lora_out(ctx) */
   int need_da = dx || b->ln1_w.g || b->ln1_b.g;
   if (dx) add_into(dx, d_x1, (long)N * W);
@@ -186,7 +189,7 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
   zero(d_ctx, (long)N * W);
   lin_bwd(m, d_ctx, b->out_w, b->out_b.g, d_x1, A->ctx, N, W, W);
   lora_views_backward(m, d_ctx, W, d_x1, W, A->ctx, A->t_out, r, b->lora_out_a, b->lora_out_b,
-                      b->lora_out_s, n_views, W, W);
+                      b->lora_out_s, W, W);
   float *d_qkv = m->d_qkv;
   zero(d_qkv, (long)N * 3 * W);
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
@@ -207,7 +210,7 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
   if (d_a) zero(d_a, (long)N * W);
   lin_bwd(m, d_a, b->in_w, b->in_b.g, d_qkv, A->a, N, W, 3 * W);
   lora_views_backward(m, d_a, W, d_qkv, 3 * W, A->a, A->t_in, r, b->lora_in_a, b->lora_in_b,
-                      b->lora_in_s, n_views, W, 3 * W);
+                      b->lora_in_s, W, 3 * W);
   if (need_da)
     layernorm_backward(dx, b->ln1_w.g, b->ln1_b.g, d_a, x, b->ln1_w.w, A->mean1, A->rstd1, N, W);
 }
