@@ -30,6 +30,14 @@ static inline double attn_flops(const attn_shape *s) {
   return s->causal ? 0.5 * f : f;
 }
 
+/* Run one attention call per view on the OpenMP threads (each call single-
+ * threaded) only when the views share out evenly; otherwise the views go one
+ * after the other and each call spreads its heads and query blocks over the
+ * threads (5 views on 2 threads would leave one thread idle a sixth of the time). */
+static inline int views_in_parallel(const model *m, int n_views) {
+  return n_views % m->nthreads == 0 || n_views >= 4 * m->nthreads;
+}
+
 static inline void zero(float *x, long n) { memset(x, 0, (size_t)n * sizeof(float)); }
 
 /* ViT (vit.c): rows are views x patches; the first n_img * n_windows views are the

@@ -51,7 +51,7 @@ void resampler_forward(model *m, int n_views) {
   lin_fwd(m, 1, m->K, m->keys, rows_of(m->r_in_w, EE), m->r_in_b.w + E, N, E, E);
   lin_fwd(m, 1, m->V, m->kvn, rows_of(m->r_in_w, 2 * EE), m->r_in_b.w + 2 * E, N, E, E);
   attn_shape s = resampler_shape(m);
-#pragma omp parallel for schedule(dynamic) if (n_views >= m->nthreads)
+#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
   for (int vi = 0; vi < n_views; vi++)
     attention_forward(m->r_ctx + (size_t)vi * nq * E, m->r_lse + (size_t)vi * hr * nq, m->Q,
                       m->K + (size_t)vi * NP * E, m->V + (size_t)vi * NP * E, &s,
@@ -87,7 +87,7 @@ void resampler_backward(model *m, int n_views) {
   zero(m->dK, (long)N * E);
   zero(m->dV, (long)N * E);
   attn_shape s = resampler_shape(m);
-#pragma omp parallel for schedule(dynamic) if (n_views >= m->nthreads)
+#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
   for (int vi = 0; vi < n_views; vi++)
     attention_backward(m->dQ + (size_t)vi * nq * E, m->dK + (size_t)vi * NP * E,
                        m->dV + (size_t)vi * NP * E, m->d_rctx + (size_t)vi * nq * E,

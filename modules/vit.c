@@ -91,13 +91,13 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   const vit_block_w *b = &m->vb[L];
   const int W = v->width, F = v->mlp_width, NP = v->n_patches, N = n_views * NP;
   const int r = v->lora_rank, r2 = v->lora_mlp_rank, hv = v->heads, dv = v->head_dim;
+  const int n_win = m->n_img * v->n_windows; /* the windows come first; only they have LoRA */
 
   layernorm_forward(A->a, A->mean1, A->rstd1, x, b->ln1_w.w, b->ln1_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->qkv, A->a, b->in_w, b->in_b.w, N, W, 3 * W);
-#pragma omp parallel for schedule(static) if (n_views > 1)
-  for (int vi = 0; vi < n_views; vi++) {
+#pragma omp parallel for schedule(static) if (n_win > 1)
+  for (int vi = 0; vi < n_win; vi++) {
     int k = view_lora(m, vi);
-    if (k < 0) continue;
     size_t o = (size_t)vi * NP;
     lora_forward(A->qkv + o * 3 * W, A->t_in + o * r, A->a + o * W, b->lora_in_a[k].w,
                  b->lora_in_b[k].w, b->lora_in_s[k].w, NP, W, 3 * W, r);
@@ -105,7 +105,7 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
                   .hsq = 3 * dv, .hsk = 3 * dv, .hsv = 3 * dv, .causal = 0,
                   .scale = 1.0f / sqrtf((float)dv)};
-#pragma omp parallel for schedule(dynamic) if (n_views >= m->nthreads)
+#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
   for (int vi = 0; vi < n_views; vi++) {
     const float *q = A->qkv + (size_t)vi * NP * 3 * W;
     attention_forward(A->ctx + (size_t)vi * NP * W, A->lse + (size_t)vi * hv * NP, q, q + dv,
@@ -114,10 +114,9 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   if (count) m->flops += n_views * attn_flops(&s);
   /* x1 = x + out_proj(ctx) + lora_out(ctx) */
   lin_fwd(m, count, A->x1, A->ctx, b->out_w, b->out_b.w, N, W, W);
-#pragma omp parallel for schedule(static) if (n_views > 1)
-  for (int vi = 0; vi < n_views; vi++) {
+#pragma omp parallel for schedule(static) if (n_win > 1)
+  for (int vi = 0; vi < n_win; vi++) {
     int k = view_lora(m, vi);
-    if (k < 0) continue;
     size_t o = (size_t)vi * NP;
     lora_forward(A->x1 + o * W, A->t_out + o * r, A->ctx + o * W, b->lora_out_a[k].w,
                  b->lora_out_b[k].w, b->lora_out_s[k].w, NP, W, W, r);
@@ -128,10 +127,9 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   lin_fwd(m, count, A->f, A->c, b->fc_w, b->fc_b.w, N, W, F);
   gelu_forward(A->g, A->f, (long)N * F);
   lin_fwd(m, count, y, A->g, b->proj_w, b->proj_b.w, N, F, W);
-#pragma omp parallel for schedule(static) if (n_views > 1)
-  for (int vi = 0; vi < n_views; vi++) {
+#pragma omp parallel for schedule(static) if (n_win > 1)
+  for (int vi = 0; vi < n_win; vi++) {
     int k = view_lora(m, vi);
-    if (k < 0) continue;
     size_t o = (size_t)vi * NP;
     lora_forward(y + o * W, A->t_mlp + o * r2, A->x1 + o * W, b->lora_mlp_a[k].w,
                  b->lora_mlp_b[k].w, b->lora_mlp_s[k].w, NP, W, W, r2);
@@ -195,7 +193,7 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
                   .hsq = 3 * dv, .hsk = 3 * dv, .hsv = 3 * dv, .causal = 0,
                   .scale = 1.0f / sqrtf((float)dv)};
-#pragma omp parallel for schedule(dynamic) if (n_views >= m->nthreads)
+#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
   for (int vi = 0; vi < n_views; vi++) {
     size_t o3 = (size_t)vi * NP * 3 * W;
     const float *q = A->qkv + o3;
