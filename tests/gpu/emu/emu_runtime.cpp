@@ -140,11 +140,21 @@ extern "C" cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete e;
   return cudaSuccess;
 }
+/* Devices visible to this process: 1, or VLM_EMU_DEVICES (1..64), so that several MPI
+ * ranks of one node can each pick their own, as on a multi-GPU node (every process
+ * emulates its devices in its own memory; nothing is shared between ranks). */
+static int emu_device_count(void) {
+  const char *e = getenv("VLM_EMU_DEVICES");
+  int n = e ? atoi(e) : 1;
+  return n < 1 ? 1 : n > 64 ? 64 : n;
+}
 extern "C" cudaError_t cudaGetDeviceCount(int *n) {
-  *n = 1;
+  *n = emu_device_count();
   return cudaSuccess;
 }
-extern "C" cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+extern "C" cudaError_t cudaSetDevice(int d) {
+  return d >= 0 && d < emu_device_count() ? cudaSuccess : cudaErrorInvalidValue;
+}
 extern "C" cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
   (void)d;
   *v = a == cudaDevAttrMultiProcessorCount ? 4 : 1000000;
@@ -160,8 +170,8 @@ extern "C" cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) 
 }
 
 extern "C" cudaError_t cudaDeviceGetPCIBusId(char *bus, int len, int d) {
-  if (d != 0 || len < 13) return cudaErrorInvalidValue;
-  snprintf(bus, (size_t)len, "0000:%02x:00.0", d + 1); /* the one emulated device */
+  if (d < 0 || d >= emu_device_count() || len < 13) return cudaErrorInvalidValue;
+  snprintf(bus, (size_t)len, "0000:%02x:00.0", d + 1); /* one bus per emulated device */
   return cudaSuccess;
 }
 
