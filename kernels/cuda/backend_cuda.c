@@ -6,9 +6,10 @@
  * Ordering: everything (copies, memsets, kernels) is enqueued in order on ctx.compute;
  * only download, sync and the two entries that return a host value
  * (cross_entropy_forward_backward, sum_squares) wait for it. upload is a
- * cudaMemcpyAsync from host memory: for the pageable memory vlmtrain allocates
- * (vlm_alloc), the runtime has taken the source bytes when the call returns, so the
- * caller may reuse its host buffer at once.
+ * cudaMemcpyAsync from host memory and relies on the runtime staging a pageable
+ * source before it returns (CUDA's "API synchronization behavior" notes), so for the
+ * pageable memory vlmtrain allocates (vlm_alloc) the caller may reuse its host buffer
+ * at once; check_backend checks this on the GPU. Pinned host memory would not allow it.
  * Errors: init reports through VLM_FAIL and returns NULL; afterwards a failing runtime
  * call is a bug or a broken device and aborts with file:line (vlm_cuda_die), as the
  * kernels do. alloc is the exception: out of device memory returns NULL (reported,
