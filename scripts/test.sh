@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # scripts/test.sh: the whole test suite. Installs the Debian packages, builds
 # vlmtrain with -Wall -Wextra -Werror and runs every test under ctest, builds the
-# CUDA backend with nvcc (compile and link only: no GPU here) and checks its
-# kernels' logic in a CPU emulation, then builds again with AddressSanitizer +
-# UBSan and runs the suite once more.
+# CUDA backend with nvcc (compile and link only: no GPU here), checks its kernels'
+# logic and its dispatch table in a CPU emulation, builds the whole program against
+# that emulation for a tiny run, then builds again with AddressSanitizer + UBSan and
+# runs the suite once more.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$here/scripts/install-deps.sh"
@@ -15,10 +16,20 @@ echo "== tests =="
 echo "== build the CUDA backend (nvcc, -Werror): compiled and linked; CI has no GPU to run it =="
 cmake -S "$here" -B "$here/build-cuda" -DCMAKE_BUILD_TYPE=Release -DVLMTRAIN_WERROR=ON \
   -DVLMTRAIN_CUDA=ON -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
-cmake --build "$here/build-cuda" -j "$(nproc)" --target vlm_cuda check_kernels check_nccl bench_gemm_attention
+cmake --build "$here/build-cuda" -j "$(nproc)" --target vlm_cuda check_kernels check_backend \
+  check_nccl bench_gemm_attention
 echo "== CUDA kernels, compiled for a CPU emulation of CUDA, against the CPU kernels =="
 bash "$here/tests/gpu/emu/build.sh" "$here/build-emu" > /dev/null
 "$here/build-emu/check_kernels"
+echo "== the CUDA dispatch table (emulated) against the CPU kernels: 1 rank, then 2 ranks with 2 emulated GPUs =="
+"$here/build-emu/check_backend"
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 \
+  -x VLM_EMU_DEVICES=2 "$here/build-emu/check_backend" > "$here/build-emu/check_backend-2ranks.txt" 2>&1 ||
+  { cat "$here/build-emu/check_backend-2ranks.txt"; exit 1; }
+grep "passed" "$here/build-emu/check_backend-2ranks.txt"
+echo "== vlmtrain built whole with the emulated CUDA backend; a tiny run =="
+bash "$here/tests/gpu/emu/build_vlmtrain.sh" "$here/build-emu-vlmtrain"
+bash "$here/tests/gpu/emu/tiny_run.sh" "$here/build-emu-vlmtrain/vlmtrain" | tail -n 2
 echo "== build (AddressSanitizer + UBSan) =="
 bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
 echo "== tests under AddressSanitizer + UBSan =="

@@ -250,6 +250,32 @@ void cuda_lora_backward(vlm_cuda_ctx *ctx, cudaStream_t stream, float *dx, float
                         const float *A, const float *B, const float *scale, int N, int K, int O,
                         int r, float *scratch);
 
+/* ---- rows helpers (kernels.h's last section; every index array is a DEVICE int array;
+ * mean and std of image_normalize are host arrays) ---------------------------------- */
+
+/* y[n] += x[n] */
+void cuda_add_into(vlm_cuda_ctx *ctx, cudaStream_t stream, float *y, const float *x, long n);
+/* out[n] = a[n] + b[n] (out may alias a or b) */
+void cuda_add_vec(vlm_cuda_ctx *ctx, cudaStream_t stream, float *out, const float *a,
+                  const float *b, long n);
+/* x[r, :] += t[r % P, :] for r < N   (x[N,C], t[P,C]) */
+void cuda_add_rows_bcast(vlm_cuda_ctx *ctx, cudaStream_t stream, float *x, const float *t, int N,
+                         int P, int C);
+/* dst[dst_rows ? dst_rows[i] : i, :] = src[src_rows ? src_rows[i] : i, :] for i < n
+ * (dst rows of one call distinct) */
+void cuda_rows_copy(vlm_cuda_ctx *ctx, cudaStream_t stream, float *dst, const int *dst_rows,
+                    const float *src, const int *src_rows, int n, int C);
+/* dst[dst_rows[j], :] += sum of src[src_rows ? src_rows[i] : i, :] over i in
+ * [seg[j], seg[j+1]) for j < n_seg, added in i order (one block per segment, no atomics:
+ * deterministic and equal to the CPU's bits). seg[n_seg + 1] is read on the device only. */
+void cuda_rows_segment_add(vlm_cuda_ctx *ctx, cudaStream_t stream, float *dst,
+                           const int *dst_rows, const float *src, const int *src_rows,
+                           const int *seg, int n_seg, int C);
+/* out[3*i + c] = (px[3*i + c] / 255 - mean[c]) / std[c] for i < n_pixels */
+void cuda_image_normalize(vlm_cuda_ctx *ctx, cudaStream_t stream, float *out,
+                          const unsigned char *px, long n_pixels, const float mean[3],
+                          const float std[3]);
+
 #ifdef __cplusplus
 }
 #endif

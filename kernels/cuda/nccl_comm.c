@@ -1,5 +1,5 @@
-/* kernels/cuda/nccl_comm.c: GPU choice per MPI rank and the NCCL communicators and
- * collectives of the CUDA backend (interface and ordering rules: nccl_comm.h).
+/* kernels/cuda/nccl_comm.c: the NCCL communicators and collectives of the CUDA backend
+ * (interface and ordering rules: nccl_comm.h; the GPU choice per rank is in device.c).
  *
  * Plain C: MPI shares the NCCL unique ids; NCCL runs the collectives on the comm
  * stream; CUDA events order them against the compute stream. Every failure reports
@@ -32,67 +32,6 @@
 
 static const char *group_name(vlm_nccl_group g) {
   return g == VLM_NCCL_SHARD ? "shard" : g == VLM_NCCL_REPLICA ? "replica" : "world";
-}
-
-#define BUSID_LEN 32
-/* Ranks per node up to which the one-GPU-per-rank check runs. */
-#define MAX_NODE_RANKS 256
-
-int vlm_cuda_select_device(MPI_Comm world, int *device, int *local_rank, int *local_size) {
-  int wrank = 0, lrank = 0, lsize = 1, ndev = 0, dev = -1;
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_TRY(MPI_Comm_rank(world, &wrank));
-  MPI_TRY(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, wrank, MPI_INFO_NULL, &node));
-  MPI_Comm_rank(node, &lrank);
-  MPI_Comm_size(node, &lsize);
-  /* local steps first; every rank learns whether all succeeded before anyone fails */
-  char bus[BUSID_LEN];
-  memset(bus, 0, sizeof bus);
-  char why[160] = "";
-  cudaError_t e = cudaGetDeviceCount(&ndev);
-  if (e != cudaSuccess || ndev <= 0) {
-    snprintf(why, sizeof why, "sees no CUDA device (%s)",
-             e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-  } else {
-    dev = lrank % ndev;
-    e = cudaSetDevice(dev);
-    if (e == cudaSuccess) e = cudaDeviceGetPCIBusId(bus, BUSID_LEN, dev);
-    if (e != cudaSuccess)
-      snprintf(why, sizeof why, "cannot use CUDA device %d of %d visible (%s)", dev, ndev,
-               cudaGetErrorString(e));
-  }
-  int ok = why[0] == 0, all_ok = 0;
-  MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, world);
-  if (!all_ok) {
-    MPI_Comm_free(&node);
-    if (!ok)
-      VLM_FAIL("world rank %d %s; check nvidia-smi, the driver and CUDA_VISIBLE_DEVICES, or "
-               "run with --device cpu",
-               wrank, why);
-    VLM_FAIL("another rank cannot use its GPU (its error says why)");
-  }
-  /* two ranks of this node on one physical GPU: NCCL would refuse with a vague error
-   * (every rank of a node has the same lsize, so all take the same branch) */
-  int clash = -1;
-  if (lsize <= MAX_NODE_RANKS) {
-    char all[MAX_NODE_RANKS][BUSID_LEN]; /* 8 KiB */
-    MPI_Allgather(bus, BUSID_LEN, MPI_CHAR, all, BUSID_LEN, MPI_CHAR, node);
-    for (int i = 0; i < lsize && clash < 0; i++)
-      if (i != lrank && strncmp(all[i], bus, BUSID_LEN) == 0) clash = i;
-  }
-  MPI_Comm_free(&node);
-  int any_clash = clash >= 0, world_clash = 0;
-  MPI_Allreduce(&any_clash, &world_clash, 1, MPI_INT, MPI_MAX, world);
-  if (clash >= 0)
-    VLM_FAIL("local ranks %d and %d of this node would share GPU %s (%d visible): NCCL needs "
-             "one GPU per rank; start at most %d ranks per node, or give each task its own "
-             "GPU (srun --gpus-per-task=1)",
-             lrank, clash, bus, ndev, ndev);
-  if (world_clash) VLM_FAIL("two ranks of another node share a GPU (its error says which)");
-  *device = dev;
-  if (local_rank) *local_rank = lrank;
-  if (local_size) *local_size = lsize;
-  return 0;
 }
 
 /* One NCCL communicator for an MPI communicator: id from its rank 0, MPI_Bcast. */

@@ -1,5 +1,5 @@
-/* kernels/cuda/nccl_comm.h: GPU choice per MPI rank and NCCL collectives for ZeRO-3 on
- * the CUDA backend.
+/* kernels/cuda/nccl_comm.h: NCCL collectives for ZeRO-3 on the CUDA backend (and, through
+ * kernels/cuda/device.h, the GPU choice per MPI rank).
  *
  * The grid is the one of modules/zero.h (R replicas x S shard ranks). For each of the
  * MPI communicators it is given (shard, replica, world) vlm_nccl_init creates the
@@ -26,6 +26,8 @@
 #include <nccl.h>
 #include <stddef.h>
 
+#include "kernels/cuda/device.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -41,13 +43,7 @@ typedef struct {
   cudaEvent_t inputs_ready;          /* recorded on compute before each collective */
 } vlm_nccl;
 
-/* Picks this rank's GPU: local rank (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) of
- * world) modulo the number of devices visible to this process, so both "all GPUs
- * visible to every rank" and a per-task CUDA_VISIBLE_DEVICES (srun --gpus-per-task=1)
- * work. Makes it current (cudaSetDevice) and checks, across the node, that no two
- * ranks landed on the same physical GPU (PCI bus id), which NCCL refuses. Collective
- * over world. local_rank / local_size may be NULL. */
-int vlm_cuda_select_device(MPI_Comm world, int *device, int *local_rank, int *local_size);
+/* vlm_cuda_select_device (this rank's GPU): kernels/cuda/device.h, included above. */
 
 /* Creates the NCCL communicators matching shard, replica and world (any may be
  * MPI_COMM_NULL: that group is then unavailable). compute and comm are the streams

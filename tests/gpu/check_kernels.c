@@ -21,8 +21,11 @@
  *                          columns (a sum of that many fp32 terms: the CPU adds them in a
  *                          few long SIMD chains, the GPU in many short ones, so the
  *                          normaliser differs by ~sqrt(n) ulp);
- *   exact                  fp32 <-> bf16 conversion bits, valid-row counts, and the
- *                          determinism checks (the same call twice, bit for bit).
+ *   exact                  fp32 <-> bf16 conversion bits, valid-row counts, the
+ *                          determinism checks (the same call twice, bit for bit), and
+ *                          the rows helpers (add_into, add_vec, add_rows_bcast,
+ *                          rows_copy, rows_segment_add, image_normalize: each output
+ *                          element is one thread's CPU expression in the CPU's order).
  * Backward checks start from non-zero gradient buffers (so += is tested) and include
  * NULL-gradient variants (the skipped tensor must stay as it was). */
 #include <cuda_runtime_api.h>
@@ -792,6 +795,145 @@ static void test_lora(int N, int K, int O, int r) {
   d_free(d_gx), d_free(d_gA), d_free(d_gB), d_free(d_gs), d_free(d_scr);
 }
 
+/* ---- rows helpers: exact (one thread per output element, the CPU's expression and
+ * order), compared bit for bit ---------------------------------------------------- */
+
+static void check_bits(const char *name, const float *gpu, const float *cpu, size_t n) {
+  float *h = h_floats(n);
+  d_download(h, gpu, n);
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) bad += memcmp(&h[i], &cpu[i], sizeof(float)) != 0;
+  report(bad == 0, name, (double)bad, 0.0);
+  free(h);
+}
+
+static int *h_ints(size_t n) { return h_alloc(n * sizeof(int)); }
+static int *d_upload_ints(const int *h, size_t n) { return d_upload_bytes(h, n * sizeof(int)); }
+
+/* a random permutation of [0, n): any prefix holds distinct rows */
+static int *rand_distinct(int n) {
+  int *all = h_ints((size_t)n);
+  for (int i = 0; i < n; i++) all[i] = i;
+  for (int i = n - 1; i > 0; i--) {
+    int j = (int)rng_below(&rng, i + 1), t = all[i];
+    all[i] = all[j], all[j] = t;
+  }
+  return all;
+}
+
+static int *rand_rows(int k, int n) {
+  int *r = h_ints((size_t)k);
+  for (int i = 0; i < k; i++) r[i] = (int)rng_below(&rng, n);
+  return r;
+}
+
+static void test_rows_elementwise(long n) {
+  char name[128];
+  float *y = h_rand((size_t)n, 1.0f), *x = h_rand((size_t)n, 1.0f), *a = h_rand((size_t)n, 1.0f);
+  float *d_y = d_upload(y, (size_t)n), *d_x = d_upload(x, (size_t)n), *d_a = d_upload(a, (size_t)n);
+  add_into(y, x, n);
+  cuda_add_into(&ctx, st, d_y, d_x, n);
+  snprintf(name, sizeof name, "add_into n=%ld", n);
+  check_bits(name, d_y, y, (size_t)n);
+  float *out = h_floats((size_t)n), *d_out = d_alloc((size_t)n * 4);
+  add_vec(out, a, x, n);
+  cuda_add_vec(&ctx, st, d_out, d_a, d_x, n);
+  snprintf(name, sizeof name, "add_vec n=%ld", n);
+  check_bits(name, d_out, out, (size_t)n);
+  add_vec(a, a, x, n); /* out aliases a */
+  cuda_add_vec(&ctx, st, d_a, d_a, d_x, n);
+  snprintf(name, sizeof name, "add_vec n=%ld (out aliases a)", n);
+  check_bits(name, d_a, a, (size_t)n);
+  free(y), free(x), free(a), free(out);
+  d_free(d_y), d_free(d_x), d_free(d_a), d_free(d_out);
+}
+
+static void test_add_rows_bcast(int N, int P, int C) {
+  char name[128];
+  const size_t nx = (size_t)N * C, nt = (size_t)P * C;
+  float *x = h_rand(nx, 1.0f), *t = h_rand(nt, 1.0f);
+  float *d_x = d_upload(x, nx), *d_t = d_upload(t, nt);
+  add_rows_bcast(x, t, N, P, C);
+  cuda_add_rows_bcast(&ctx, st, d_x, d_t, N, P, C);
+  snprintf(name, sizeof name, "add_rows_bcast N=%d P=%d C=%d", N, P, C);
+  check_bits(name, d_x, x, nx);
+  free(x), free(t);
+  d_free(d_x), d_free(d_t);
+}
+
+/* mode 0: gather (dst_rows NULL), 1: scatter (src_rows NULL), 2: both, 3: neither */
+static void test_rows_copy(int n, int C, int S, int D, int mode) {
+  char name[128];
+  static const char *what[4] = {"gather", "scatter", "both indexed", "plain"};
+  float *src = h_rand((size_t)S * C, 1.0f), *dst = h_rand((size_t)D * C, 1.0f);
+  int *dr = mode == 1 || mode == 2 ? rand_distinct(D) : NULL;
+  int *sr = mode == 0 || mode == 2 ? rand_rows(n, S) : NULL;
+  float *d_src = d_upload(src, (size_t)S * C), *d_dst = d_upload(dst, (size_t)D * C);
+  int *d_dr = dr ? d_upload_ints(dr, (size_t)n) : NULL;
+  int *d_sr = sr ? d_upload_ints(sr, (size_t)n) : NULL;
+  rows_copy(dst, dr, src, sr, n, C);
+  cuda_rows_copy(&ctx, st, d_dst, d_dr, d_src, d_sr, n, C);
+  snprintf(name, sizeof name, "rows_copy %s n=%d C=%d", what[mode], n, C);
+  check_bits(name, d_dst, dst, (size_t)D * C);
+  free(src), free(dst), free(dr), free(sr);
+  d_free(d_src), d_free(d_dst), d_free(d_dr), d_free(d_sr);
+}
+
+/* n_seg segments of 0..max_len rows each (empty ones included) into distinct dst rows;
+ * src_rows random (repeats allowed) or NULL */
+static void test_rows_segment_add(int n_seg, int max_len, int C, int S, int D, int indexed) {
+  char name[128];
+  int *seg = h_ints((size_t)n_seg + 1);
+  seg[0] = 0;
+  for (int j = 0; j < n_seg; j++) seg[j + 1] = seg[j] + (int)rng_below(&rng, max_len + 1);
+  const int total = seg[n_seg];
+  if (!indexed && S < total) S = total;
+  float *src = h_rand((size_t)S * C, 1.0f), *dst = h_rand((size_t)D * C, 1.0f);
+  int *dr = rand_distinct(D), *sr = indexed ? rand_rows(total, S) : NULL;
+  float *d_src = d_upload(src, (size_t)S * C), *d_dst = d_upload(dst, (size_t)D * C);
+  int *d_dr = d_upload_ints(dr, (size_t)n_seg), *d_seg = d_upload_ints(seg, (size_t)n_seg + 1);
+  int *d_sr = sr ? d_upload_ints(sr, (size_t)(total ? total : 1)) : NULL;
+  rows_segment_add(dst, dr, src, sr, seg, n_seg, C);
+  cuda_rows_segment_add(&ctx, st, d_dst, d_dr, d_src, d_sr, d_seg, n_seg, C);
+  snprintf(name, sizeof name, "rows_segment_add n_seg=%d rows=%d C=%d%s", n_seg, total, C,
+           indexed ? " src_rows" : "");
+  check_bits(name, d_dst, dst, (size_t)D * C);
+  free(seg), free(src), free(dst), free(dr), free(sr);
+  d_free(d_src), d_free(d_dst), d_free(d_dr), d_free(d_seg), d_free(d_sr);
+}
+
+static void test_image_normalize(long n_pixels) {
+  char name[128];
+  const float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+  const float std[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+  const size_t n = (size_t)n_pixels * 3;
+  unsigned char *px = h_alloc(n);
+  for (size_t i = 0; i < n; i++) px[i] = (unsigned char)rng_below(&rng, 256);
+  px[0] = 0, px[1] = 255;
+  float *out = h_floats(n), *d_out = d_alloc(n * 4);
+  unsigned char *d_px = d_upload_bytes(px, n);
+  image_normalize(out, px, n_pixels, mean, std);
+  cuda_image_normalize(&ctx, st, d_out, d_px, n_pixels, mean, std);
+  snprintf(name, sizeof name, "image_normalize n_pixels=%ld", n_pixels);
+  check_bits(name, d_out, out, n);
+  free(px), free(out);
+  d_free(d_out), d_free(d_px);
+}
+
+static void test_rows(void) {
+  test_rows_elementwise(100003);
+  test_rows_elementwise(1);
+  test_add_rows_bcast(5 * 37, 37, 67);
+  test_add_rows_bcast(3, 3, 1);
+  for (int mode = 0; mode < 4; mode++) test_rows_copy(53, 131, 97, 113, mode);
+  test_rows_copy(7, 300, 7, 7, 2);
+  test_rows_segment_add(41, 5, 300, 61, 59, 1);  /* C > 256 threads: column loop */
+  test_rows_segment_add(41, 5, 300, 61, 59, 0);
+  test_rows_segment_add(97, 1, 5, 40, 101, 1);   /* scatter-add, tiny rows */
+  test_rows_segment_add(3, 40, 1664, 100, 3, 1); /* embedding-gradient-like long segments */
+  test_image_normalize(1001);
+}
+
 int main(void) {
   const char *env = getenv("VLM_CUDA_DEVICE");
   int device = env ? atoi(env) : 0;
@@ -841,6 +983,7 @@ int main(void) {
   test_optimizer(1000003);
   test_lora(50, 40, 30, 4);
   test_lora(200, 1664, 1664, 16);
+  test_rows();
 
   vlm_cuda_ctx_destroy(&ctx);
   printf("%d passed, %d failed\n", n_pass, n_fail);

@@ -4,14 +4,16 @@
 # network (the Debian packages of scripts/install-deps.sh must already be there).
 #   1. records the device (nvidia-smi) and the toolkit (nvcc);
 #   2. configures and builds with -DVLMTRAIN_CUDA=ON -DVLMTRAIN_WERROR=ON, for the GPU
-#      present only (CUDA architecture "native"; VLM_CUDA_ARCH overrides), the three
+#      present only (CUDA architecture "native"; VLM_CUDA_ARCH overrides), the four
 #      GPU programs and what they link;
 #   3. check_kernels: every CUDA kernel against its CPU twin, fp32 and bf16, with the
 #      tolerances stated in tests/gpu/check_kernels.c;
-#   4. check_nccl under mpirun, one rank per visible GPU (at most 8);
-#   5. bench_gemm_attention: bf16 GEMM and attention TFLOP/s against the bf16 peak.
+#   4. check_backend: the CUDA dispatch table (kernels/backend.h) entry by entry against
+#      the CPU kernels, and its memory entries (one MPI rank; tests/gpu/check_backend.c);
+#   5. check_nccl under mpirun, one rank per visible GPU (at most 8);
+#   6. bench_gemm_attention: bf16 GEMM and attention TFLOP/s against the bf16 peak.
 # Every output also goes to $OUT (the device tool's folder) or BUILD/gpu-results.
-# Exit status: 0 when both checks pass, 1 when a check fails, 2 when the build fails.
+# Exit status: 0 when every check passes, 1 when a check fails, 2 when the build fails.
 # Environment: VLM_GPU_BUILD (build folder, default build-gpu), VLM_CUDA_ARCH,
 # VLM_GPU_SANITIZE=1 (also run check_kernels under compute-sanitizer memcheck: slow).
 set -uo pipefail
@@ -46,8 +48,8 @@ if ! cmake -S "$root" -B "$build" "${cfg[@]}" >"$out/configure.log" 2>&1; then
   echo "run.sh: configure failed (log: $out/configure.log)"
   exit 2
 fi
-if ! cmake --build "$build" -j "$(nproc)" --target check_kernels check_nccl \
-    bench_gemm_attention >"$out/build.log" 2>&1; then
+if ! cmake --build "$build" -j "$(nproc)" --target check_kernels check_backend \
+    check_nccl bench_gemm_attention >"$out/build.log" 2>&1; then
   grep -E -m 40 "error|Error" "$out/build.log"
   echo "run.sh: build failed (log: $out/build.log)"
   exit 2
@@ -57,6 +59,10 @@ echo "built in $((SECONDS - t0)) s"
 status=0
 step "check_kernels: CUDA kernels against the CPU kernels"
 timeout 600 "$build/tests/gpu/check_kernels" 2>&1 | tee "$out/check_kernels.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+step "check_backend: the CUDA dispatch table against the CPU kernels (1 MPI rank)"
+timeout 300 mpirun -np 1 "$build/tests/gpu/check_backend" 2>&1 | tee "$out/check_backend.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 ngpu="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')"
@@ -80,8 +86,9 @@ timeout 300 "$build/tests/gpu/bench_gemm_attention" 2>&1 | tee "$out/bench_gemm_
 
 step "summary ($((SECONDS - t0)) s)"
 head -n 1 "$out/device.txt"
-grep -h "FAIL" "$out/check_kernels.txt" "$out/check_nccl.txt" || true
+grep -h "FAIL" "$out/check_kernels.txt" "$out/check_backend.txt" "$out/check_nccl.txt" || true
 echo "check_kernels: $(tail -n 1 "$out/check_kernels.txt")"
+echo "check_backend: $(tail -n 1 "$out/check_backend.txt")"
 echo "check_nccl:    $(tail -n 1 "$out/check_nccl.txt")"
 echo "run.sh: $([ $status -eq 0 ] && echo 'all GPU checks passed' || echo 'GPU checks FAILED')"
 exit $status

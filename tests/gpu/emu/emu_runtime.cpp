@@ -28,6 +28,9 @@ static void emu_die(const char *what) {
 /* ---- device memory ---------------------------------------------------------------- */
 
 static std::map<uintptr_t, size_t> g_allocs; /* base -> bytes */
+/* What cudaGetLastError returns: as on a GPU, a failed cudaMalloc also records its error
+ * there (it is not sticky: the next cudaGetLastError clears it). */
+static cudaError_t g_last_error = cudaSuccess;
 
 /* The allocation holding [p, p+bytes), or 0 if none holds it whole. */
 static int in_device(const void *p, size_t bytes) {
@@ -41,8 +44,11 @@ static int in_device(const void *p, size_t bytes) {
 static int is_device_ptr(const void *p) { return in_device(p, 1); }
 
 extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
-  void *m = malloc(bytes ? bytes : 1);
-  if (!m) return cudaErrorMemoryAllocation;
+  /* cudaMalloc's pointers are 256-byte aligned; so are these */
+  const size_t want = bytes ? bytes : 1;
+  void *m = want > ((size_t)1 << 40) ? NULL /* more than any GPU has */
+                                      : aligned_alloc(256, (want + 255) / 256 * 256);
+  if (!m) return g_last_error = cudaErrorMemoryAllocation;
   memset(m, 0xff, bytes); /* NaN: reading memory nobody wrote shows */
   g_allocs[(uintptr_t)m] = bytes ? bytes : 1;
   *p = m;
@@ -134,11 +140,21 @@ extern "C" cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete e;
   return cudaSuccess;
 }
+/* Devices visible to this process: 1, or VLM_EMU_DEVICES (1..64), so that several MPI
+ * ranks of one node can each pick their own, as on a multi-GPU node (every process
+ * emulates its devices in its own memory; nothing is shared between ranks). */
+static int emu_device_count(void) {
+  const char *e = getenv("VLM_EMU_DEVICES");
+  int n = e ? atoi(e) : 1;
+  return n < 1 ? 1 : n > 64 ? 64 : n;
+}
 extern "C" cudaError_t cudaGetDeviceCount(int *n) {
-  *n = 1;
+  *n = emu_device_count();
   return cudaSuccess;
 }
-extern "C" cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+extern "C" cudaError_t cudaSetDevice(int d) {
+  return d >= 0 && d < emu_device_count() ? cudaSuccess : cudaErrorInvalidValue;
+}
 extern "C" cudaError_t cudaDeviceGetAttribute(int *v, enum cudaDeviceAttr a, int d) {
   (void)d;
   *v = a == cudaDevAttrMultiProcessorCount ? 4 : 1000000;
@@ -153,7 +169,12 @@ extern "C" cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *p, int d) 
   return cudaSuccess;
 }
 
-static cudaError_t g_last_error = cudaSuccess;
+extern "C" cudaError_t cudaDeviceGetPCIBusId(char *bus, int len, int d) {
+  if (d < 0 || d >= emu_device_count() || len < 13) return cudaErrorInvalidValue;
+  snprintf(bus, (size_t)len, "0000:%02x:00.0", d + 1); /* one bus per emulated device */
+  return cudaSuccess;
+}
+
 extern "C" cudaError_t cudaGetLastError(void) {
   cudaError_t e = g_last_error;
   g_last_error = cudaSuccess;
@@ -188,7 +209,14 @@ struct fiber {
 
 #define FIBER_STACK (128 * 1024)
 static std::vector<fiber> g_fib;
-static std::vector<char *> g_stacks;
+/* Fiber stacks, kept across launches and freed at exit (so LeakSanitizer stays quiet). */
+static struct stack_pool {
+  std::vector<char *> v;
+  ~stack_pool() {
+    for (char *p : v) free(p);
+  }
+} g_stack_pool;
+static std::vector<char *> &g_stacks = g_stack_pool.v;
 static ucontext_t g_sched;
 static int g_cur = -1;
 static const std::function<void()> *g_body;
@@ -234,7 +262,11 @@ void emu_warp_exchange(unsigned mask, const void *in, void *out, size_t bytes, i
 
 static void run_block(unsigned nthreads) {
   if (g_stacks.size() < nthreads) {
-    while (g_stacks.size() < nthreads) g_stacks.push_back((char *)malloc(FIBER_STACK));
+    while (g_stacks.size() < nthreads) {
+      char *st = (char *)malloc(FIBER_STACK);
+      if (!st) emu_die("out of memory for fiber stacks");
+      g_stacks.push_back(st);
+    }
   }
   g_fib.assign(nthreads, fiber());
   for (unsigned t = 0; t < nthreads; t++) {
