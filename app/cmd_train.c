@@ -262,8 +262,8 @@ int cmd_train(int argc, char **argv) {
   VLM_CHECK_GOTO(registry_select(&r, &t), done);
   /* shards first, then each rank reads only its ranges of the weights: no rank
    * ever holds the whole model */
-  VLM_CHECK_GOTO(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters,
-                           t.replicate_frozen), done);
+  VLM_CHECK_GOTO(zero_init_backend(&z, ops, &comms, &r, t.persistence_threshold,
+                                   t.max_live_parameters, t.replicate_frozen), done);
   z_made = 1;
   weights_load_stats ws;
   memset(&ws, 0, sizeof ws);
@@ -275,6 +275,7 @@ int cmd_train(int argc, char **argv) {
     VLM_CHECK_GOTO(weights_load_hf_dir_ranges(&r, model_dir, (unsigned long)t.seed, &ws,
                                               shard_range, &z), done);
   }
+  zero_params_to_device(&z); /* the loaders filled the host side */
   vlm_log("model: %s (%ld tensors from %d file(s); %ld LoRA tensors absent and initialised as "
           "upstream: lora_a Kaiming-uniform, lora_b 0, lora_scale 1)\n",
           model_dir, ws.n_loaded, ws.n_files, ws.n_lora_init);
@@ -362,7 +363,8 @@ int cmd_train(int argc, char **argv) {
   if (do_audit) {
     before = vlm_alloc((size_t)(z.n_local > 0 ? z.n_local : 1) * sizeof(float), "audit copy");
     if (!before) goto done;
-    memcpy(before, z.params, (size_t)z.n_local * sizeof(float));
+    zero_params_to_host(&z);
+    memcpy(before, z.hparams, (size_t)z.n_local * sizeof(float));
   }
   int open_ok = 1;
   if (comms.rank == 0) {
@@ -403,7 +405,7 @@ int cmd_train(int argc, char **argv) {
     zero_stats st0;
     zero_get_stats(&z, &st0);
     double t_io = 0, t_opt = 0;
-    memset(z.grads, 0, (size_t)z.n_local_grad * sizeof(float));
+    zero_clear_grads(&z);
     double loss_part = 0.0, flops = 0.0;
     long counts[2] = {0, 0}; /* tokens, targets */
     for (int mb = 0; mb < GA; mb++) {
@@ -529,7 +531,10 @@ int cmd_train(int argc, char **argv) {
   }
   MPI_Allreduce(MPI_IN_PLACE, &save_ok, 1, MPI_INT, MPI_MIN, comms.world);
   if (!save_ok) goto done;
-  if (do_audit) VLM_CHECK_GOTO(audit(&z, before), done);
+  if (do_audit) {
+    zero_params_to_host(&z);
+    VLM_CHECK_GOTO(audit(&z, before), done);
+  }
   ok = 1;
 
 done:
