@@ -321,6 +321,9 @@ int model_create(model *m, const vlm_backend *ops, const monkey_config *c, zero_
                  int recompute_llm) {
   memset(m, 0, sizeof *m);
   m->ops = ops ? ops : vlm_backend_cpu();
+  if (z->ops && z->ops != m->ops)
+    VLM_FAIL("model: the parameters live on the %s backend but the model was asked to run on %s",
+             z->ops->name, m->ops->name);
   m->cfg = c;
   m->z = z;
   m->reg = z->reg;
