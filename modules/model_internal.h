@@ -37,6 +37,10 @@ static inline float *attn_scratch_for_thread(model *m, int thread) {
   return m->attn_scratch + (size_t)thread * m->attn_scratch_per_thread;
 }
 
+/* Micro-batch (batch.c): checks it, fills seq_start, slot_row and the index
+ * arrays, uploads them; *n_images_out = images of the batch. */
+int model_prepare_batch(model *m, const mb_batch *b, int *n_images_out);
+
 /* ViT (vit.c): rows are views x patches; view v uses LoRA set v % (n_windows+1)
  * when that is < n_windows, none for the global view. */
 void vit_load_pixels(model *m, const uint8_t *pixels, int n_images); /* upload + normalise */
