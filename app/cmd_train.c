@@ -1,5 +1,6 @@
 /* app/cmd_train.c: `vlmtrain train --model DIR --data DATA.h5 --config
- * TRAIN.json --out RUNDIR [--steps N] [--audit]`: the training loop. Loads the
+ * TRAIN.json --out RUNDIR [--steps N] [--audit] [--device cpu|cuda]`: the
+ * training loop. Loads the
  * model and the dataset, selects trainable parameters and groups, and runs
  * optimizer steps of gradient_accumulation_steps micro-batches each; writes
  * RUNDIR/metrics.jsonl (one JSON object per step), a human line per step, and
@@ -26,6 +27,7 @@
 #include "io/prefetch.h"
 #include "io/train_config.h"
 #include "io/weights.h"
+#include "kernels/backend.h"
 #include "modules/model.h"
 #include "modules/optimizer.h"
 #include "modules/registry.h"
@@ -167,10 +169,19 @@ int cmd_train(int argc, char **argv) {
       {"--audit", NULL, NULL, "at the end, report per group how many parameters changed", 0, 0},
       {"--resume", "auto|PATH", "", "continue from a checkpoint: auto = the newest valid one in "
        "the run's checkpoint directory (none: start fresh), or a checkpoint file", 0, 0},
+      {"--device", "cpu|cuda", "cpu", "where the model computes: cpu, or cuda (needs a build "
+       "with -DVLMTRAIN_CUDA=ON; docs/cuda.md)", 0, 0},
   };
-  int rc = opts_parse("train", "--model DIR --data DATA.h5 --config TRAIN.json --out RUNDIR [--steps N] [--audit] [--resume auto|PATH]",
-                      o, 7, argc, argv, NULL, 0, NULL);
+  int rc = opts_parse("train", "--model DIR --data DATA.h5 --config TRAIN.json --out RUNDIR [--steps N] [--audit] [--resume auto|PATH] [--device cpu|cuda]",
+                      o, 8, argc, argv, NULL, 0, NULL);
   if (rc) return rc > 0 ? 0 : -1;
+  const char *device = o[7].value;
+  if (strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0) {
+    vlm_error_at(__FILE__, __LINE__, __func__,
+                 "vlmtrain train: option --device: unknown device \"%s\": choose cpu or cuda "
+                 "(see vlmtrain train --help)", device);
+    return CMD_USAGE_ERROR;
+  }
   const double t_launch = vlm_now();
   const char *model_dir = o[0].value, *data_path = o[1].value, *out_dir = o[3].value;
   const int do_audit = o[5].value[0] == '1';
@@ -209,6 +220,13 @@ int cmd_train(int argc, char **argv) {
     VLM_CHECK(rt_signals_install());
     VLM_CHECK(rt_watchdog_start(t.watchdog_timeout));
   }
+  const vlm_backend *ops = vlm_backend_get(device); /* cuda: this rank's GPU */
+  if (!ops) {
+    rt_watchdog_stop();
+    train_config_free(&t);
+    free(h5_config);
+    return -1;
+  }
   int stopped = 0;
 
   /* everything below owns resources: failures jump to done. Failures that
@@ -244,8 +262,8 @@ int cmd_train(int argc, char **argv) {
   VLM_CHECK_GOTO(registry_select(&r, &t), done);
   /* shards first, then each rank reads only its ranges of the weights: no rank
    * ever holds the whole model */
-  VLM_CHECK_GOTO(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters,
-                           t.replicate_frozen), done);
+  VLM_CHECK_GOTO(zero_init_backend(&z, ops, &comms, &r, t.persistence_threshold,
+                                   t.max_live_parameters, t.replicate_frozen), done);
   z_made = 1;
   weights_load_stats ws;
   memset(&ws, 0, sizeof ws);
@@ -257,6 +275,7 @@ int cmd_train(int argc, char **argv) {
     VLM_CHECK_GOTO(weights_load_hf_dir_ranges(&r, model_dir, (unsigned long)t.seed, &ws,
                                               shard_range, &z), done);
   }
+  zero_params_to_device(&z); /* the loaders filled the host side */
   vlm_log("model: %s (%ld tensors from %d file(s); %ld LoRA tensors absent and initialised as "
           "upstream: lora_a Kaiming-uniform, lora_b 0, lora_scale 1)\n",
           model_dir, ws.n_loaded, ws.n_files, ws.n_lora_init);
@@ -294,7 +313,7 @@ int cmd_train(int argc, char **argv) {
   const int B = (int)(my_hi - my_lo), Bmax = (int)((G + W - 1) / W);
   VLM_CHECK_GOTO(data_order_init(&order, d.n_samples, t.shuffle, (unsigned long)t.data_seed), done);
   const long max_tokens = (long)Bmax * d.max_len, max_images = (long)Bmax * d.max_images;
-  VLM_CHECK_GOTO(model_create(&m, &c, &z, Bmax, (int)max_tokens, (int)max_images, t.recompute_vit,
+  VLM_CHECK_GOTO(model_create(&m, ops, &c, &z, Bmax, (int)max_tokens, (int)max_images, t.recompute_vit,
                               t.recompute_llm), done);
   m_made = 1;
   VLM_CHECK_GOTO(adamw_init(&opt_state, &z, &t), done);
@@ -344,7 +363,8 @@ int cmd_train(int argc, char **argv) {
   if (do_audit) {
     before = vlm_alloc((size_t)(z.n_local > 0 ? z.n_local : 1) * sizeof(float), "audit copy");
     if (!before) goto done;
-    memcpy(before, z.params, (size_t)z.n_local * sizeof(float));
+    zero_params_to_host(&z);
+    memcpy(before, z.hparams, (size_t)z.n_local * sizeof(float));
   }
   int open_ok = 1;
   if (comms.rank == 0) {
@@ -385,7 +405,7 @@ int cmd_train(int argc, char **argv) {
     zero_stats st0;
     zero_get_stats(&z, &st0);
     double t_io = 0, t_opt = 0;
-    memset(z.grads, 0, (size_t)z.n_local_grad * sizeof(float));
+    zero_clear_grads(&z);
     double loss_part = 0.0, flops = 0.0;
     long counts[2] = {0, 0}; /* tokens, targets */
     for (int mb = 0; mb < GA; mb++) {
@@ -511,7 +531,10 @@ int cmd_train(int argc, char **argv) {
   }
   MPI_Allreduce(MPI_IN_PLACE, &save_ok, 1, MPI_INT, MPI_MIN, comms.world);
   if (!save_ok) goto done;
-  if (do_audit) VLM_CHECK_GOTO(audit(&z, before), done);
+  if (do_audit) {
+    zero_params_to_host(&z);
+    VLM_CHECK_GOTO(audit(&z, before), done);
+  }
   ok = 1;
 
 done:
@@ -530,6 +553,7 @@ done:
   registry_free(&r);
   if (comms_made) comms_free(&comms);
   train_config_free(&t);
+  vlm_backend_shutdown(ops);
   rt_watchdog_stop();
   int world_size = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &world_size);

@@ -58,5 +58,5 @@ int main(int argc, char **argv) {
   omp_set_max_active_levels(1); /* kernels called inside a parallel region run single-threaded */
   int rc = cmd->run(argc - 2, argv + 2);
   MPI_Finalize();
-  return rc == 0 ? 0 : rc == RT_EXIT_STOPPED ? RT_EXIT_STOPPED : 1;
+  return rc == 0 ? 0 : rc == RT_EXIT_STOPPED ? RT_EXIT_STOPPED : rc == CMD_USAGE_ERROR ? 2 : 1;
 }

@@ -42,7 +42,7 @@ static int write_moments(h5u_file *f, zero_state *z, const adamw_state *opt) {
   const registry *r = z->reg;
   for (int k = 0; k < 2; k++) {
     VLM_CHECK(h5u_group_create(f, MOMENT_GROUP[k]));
-    float *base = k == 0 ? opt->m : opt->v;
+    float *base = k == 0 ? opt->hm : opt->hv;
     for (int i = 0; i < r->n; i++) {
       const param_info *p = &r->p[i];
       if (!p->trainable) continue;
@@ -61,6 +61,8 @@ static int write_moments(h5u_file *f, zero_state *z, const adamw_state *opt) {
 int ckpt_save(const char *dir, zero_state *z, const adamw_state *opt, const ckpt_state *st,
               const char *model_config_json, const char *train_config_json, int keep) {
   MPI_Comm comm = z->comm->world;
+  zero_params_to_host(z); /* a device backend's shards, into the host mirrors written below */
+  adamw_to_host(opt);
   VLM_CHECK(make_dir_agreed(dir, comm));
   char name[64], path[2048];
   if (h5u_step_name(name, sizeof name, CKPT_PREFIX, st->step, CKPT_SUFFIX) != 0)
@@ -163,7 +165,7 @@ static int load_one(const char *path, zero_state *z, adamw_state *opt, ckpt_stat
         goto out;
       }
       long lo, hi;
-      float *dst = zero_local_grad_range(z, k == 0 ? opt->m : opt->v, i, &lo, &hi);
+      float *dst = zero_local_grad_range(z, k == 0 ? opt->hm : opt->hv, i, &lo, &hi);
       int rr = h5u_read_tensor_f32(&mh.f, p, lo, hi, dst);
       if (rr == 1)
         vlm_error_at(__FILE__, __LINE__, __func__, "%s: %s has no checksum", path, p);
@@ -177,6 +179,8 @@ static int load_one(const char *path, zero_state *z, adamw_state *opt, ckpt_stat
   st->R = (int)v[6];
   st->S = (int)v[7];
   opt->step = v[5];
+  zero_params_to_device(z); /* what was read into the host mirrors */
+  adamw_to_device(opt);
   rc = 0;
 out:
   if (model_h5_close(&mh) != 0) rc = -1;

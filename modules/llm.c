@@ -21,18 +21,19 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
   const llm_block_w *b = &m->lb[L];
   const int H = c->hidden_size, FF = c->ffn, nh = c->num_attention_heads, D = c->head_dim;
   const float eps = (float)c->layer_norm_epsilon, base = (float)c->rotary_emb_base;
+  const vlm_backend *ops = m->ops;
 
-  rmsnorm_forward(A->a, A->rstd1, x, b->ln1.w, T, H, eps);
+  ops->rmsnorm_forward(A->a, A->rstd1, x, b->ln1.w, T, H, eps);
   lin_fwd(m, count, A->qkv, A->a, b->c_attn_w, b->c_attn_b.w, T, H, 3 * H);
-  rope_forward(A->qkv, m->pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
-  rope_forward(A->qkv + H, m->pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
-#pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads)
+  ops->rope_forward(A->qkv, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
+  ops->rope_forward(A->qkv + H, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
+#pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads && ops->host_parallel)
   for (int sq = 0; sq < n_seq; sq++) {
     int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
     attn_shape s = seq_shape(m, len);
     const float *q = A->qkv + (size_t)t0 * 3 * H;
-    attention_forward(A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H, &s,
-                      m->attn_scratch + (size_t)omp_get_thread_num() * m->attn_scratch_per_thread);
+    ops->attention_forward(A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H,
+                           &s, attn_scratch_for_thread(m, omp_get_thread_num()));
   }
   if (count)
     for (int sq = 0; sq < n_seq; sq++) {
@@ -40,13 +41,13 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
       m->flops += attn_flops(&s);
     }
   lin_fwd(m, count, A->x1, A->ctx, b->c_proj, NULL, T, H, H);
-  add_into(A->x1, x, (long)T * H);
-  rmsnorm_forward(A->c, A->rstd2, A->x1, b->ln2.w, T, H, eps);
+  ops->add_into(A->x1, x, (long)T * H);
+  ops->rmsnorm_forward(A->c, A->rstd2, A->x1, b->ln2.w, T, H, eps);
   lin_fwd(m, count, A->u1, A->c, b->w1, NULL, T, H, FF);
   lin_fwd(m, count, A->u2, A->c, b->w2, NULL, T, H, FF);
-  swiglu_forward(A->s, A->u1, A->u2, (long)T * FF);
+  ops->swiglu_forward(A->s, A->u1, A->u2, (long)T * FF);
   lin_fwd(m, count, y, A->s, b->mlp_proj, NULL, T, FF, H);
-  add_into(y, A->x1, (long)T * H);
+  ops->add_into(y, A->x1, (long)T * H);
 }
 
 void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy, const float *x,
@@ -57,44 +58,45 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
   const float base = (float)c->rotary_emb_base;
   float *d_x1 = m->d_res2, *d_c = m->d_small;
   float *d_s = m->d_big, *d_u1 = d_s + (size_t)T * FF, *d_u2 = d_u1 + (size_t)T * FF;
+  const vlm_backend *ops = m->ops;
 
   /* MLP branch */
-  memcpy(d_x1, dy, (size_t)T * H * sizeof(float));
-  zero(d_s, (long)T * FF);
+  ops->copy(d_x1, dy, (size_t)T * H * sizeof(float));
+  zero(m, d_s, (long)T * FF);
   lin_bwd(m, d_s, b->mlp_proj, NULL, dy, A->s, T, FF, H);
-  zero(d_u1, (long)T * FF);
-  zero(d_u2, (long)T * FF);
-  swiglu_backward(d_u1, d_u2, d_s, A->u1, A->u2, (long)T * FF);
-  zero(d_c, (long)T * H);
+  zero(m, d_u1, (long)T * FF);
+  zero(m, d_u2, (long)T * FF);
+  ops->swiglu_backward(d_u1, d_u2, d_s, A->u1, A->u2, (long)T * FF);
+  zero(m, d_c, (long)T * H);
   lin_bwd(m, d_c, b->w1, NULL, d_u1, A->c, T, H, FF);
   lin_bwd(m, d_c, b->w2, NULL, d_u2, A->c, T, H, FF);
-  rmsnorm_backward(d_x1, b->ln2.g, d_c, A->x1, b->ln2.w, A->rstd2, T, H);
+  ops->rmsnorm_backward(d_x1, b->ln2.g, d_c, A->x1, b->ln2.w, A->rstd2, T, H);
   /* attention branch */
-  if (dx) add_into(dx, d_x1, (long)T * H);
+  if (dx) ops->add_into(dx, d_x1, (long)T * H);
   float *d_ctx = d_c;
-  zero(d_ctx, (long)T * H);
+  zero(m, d_ctx, (long)T * H);
   lin_bwd(m, d_ctx, b->c_proj, NULL, d_x1, A->ctx, T, H, H);
   float *d_qkv = m->d_qkv;
-  zero(d_qkv, (long)T * 3 * H);
-#pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads)
+  zero(m, d_qkv, (long)T * 3 * H);
+#pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads && ops->host_parallel)
   for (int sq = 0; sq < n_seq; sq++) {
     int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
     attn_shape s = seq_shape(m, len);
     const float *q = A->qkv + (size_t)t0 * 3 * H;
     float *dq = d_qkv + (size_t)t0 * 3 * H;
-    attention_backward(dq, dq + H, dq + 2 * H, d_ctx + (size_t)t0 * H, A->ctx + (size_t)t0 * H,
-                       A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H, &s,
-                       m->attn_scratch + (size_t)omp_get_thread_num() * m->attn_scratch_per_thread);
+    ops->attention_backward(dq, dq + H, dq + 2 * H, d_ctx + (size_t)t0 * H,
+                            A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H,
+                            &s, attn_scratch_for_thread(m, omp_get_thread_num()));
   }
   for (int sq = 0; sq < n_seq; sq++) {
     attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
     m->flops += 2.0 * attn_flops(&s);
   }
-  rope_backward(d_qkv, m->pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
-  rope_backward(d_qkv + H, m->pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
+  ops->rope_backward(d_qkv, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
+  ops->rope_backward(d_qkv + H, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
   int need_da = dx || b->ln1.g;
   float *d_a = need_da ? m->d_small : NULL;
-  if (d_a) zero(d_a, (long)T * H);
+  if (d_a) zero(m, d_a, (long)T * H);
   lin_bwd(m, d_a, b->c_attn_w, b->c_attn_b.g, d_qkv, A->a, T, H, 3 * H);
-  if (need_da) rmsnorm_backward(dx, b->ln1.g, d_a, x, b->ln1.w, A->rstd1, T, H);
+  if (need_da) ops->rmsnorm_backward(dx, b->ln1.g, d_a, x, b->ln1.w, A->rstd1, T, H);
 }

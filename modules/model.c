@@ -1,13 +1,17 @@
 /* modules/model.c: set-up of the Monkey model (parameter pointers resolved by
- * name, every activation buffer sized once) and one micro-batch's forward and
- * backward: ViT views -> resampler -> features spliced into the token
- * embeddings -> LLM -> shifted cross-entropy on the target positions only ->
- * backward in reverse, with optional per-block recomputation. */
+ * name, every activation buffer sized once in the backend's memory) and one
+ * micro-batch's forward and backward: ViT views -> resampler -> features
+ * spliced into the token embeddings -> LLM -> shifted cross-entropy on the
+ * target positions only -> backward in reverse, with optional per-block
+ * recomputation. The host reads only the batch (tokens, labels), from which
+ * modules/batch.c builds the index arrays the kernels need (mb_index); tensors
+ * are touched by the backend's kernels only. */
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/vlm.h"
 #include "modules/model_internal.h"
@@ -173,6 +177,36 @@ static void *take(arena *a, size_t bytes) {
 
 static size_t lmax(size_t a, size_t b) { return a > b ? a : b; }
 
+/* The index arrays of a micro-batch, one contiguous block (same layout in the
+ * backend arena and in the host mirror). */
+static void carve_index(const model *m, mb_index *x, arena *a) {
+  const visual_config *v = &m->cfg->visual;
+  const size_t T = m->max_tokens, NP = v->n_patches, nq = v->n_queries;
+  const size_t NV = (size_t)m->max_images * (v->n_windows + 1);
+  x->pos_ids = TAKEI(a, T);
+  x->tokens = TAKEI(a, T);
+  x->sel_rows = TAKEI(a, T);
+  x->sel_tgt = TAKEI(a, T);
+  x->slot_pos = TAKEI(a, T);
+  x->slot_src = TAKEI(a, T);
+  x->emb_dst = TAKEI(a, T);
+  x->emb_seg = TAKEI(a, T + 1);
+  x->emb_src = TAKEI(a, T);
+  x->iota = TAKEI(a, lmax(lmax(T, NP), nq) + 1);
+  x->vsum_rows = TAKEI(a, NV * NP);
+  x->vsum_seg = TAKEI(a, NP + 1);
+  x->qsum_rows = TAKEI(a, NV * nq);
+  x->qsum_seg = TAKEI(a, nq + 1);
+}
+
+/* Host-only metadata: the index mirror first, then what only the host reads. */
+static void carve_host(model *m, arena *a) {
+  carve_index(m, &m->hidx, a);
+  m->seq_start = TAKEI(a, m->max_samples + 1);
+  m->slot_row = TAKEI(a, m->max_tokens);
+  m->emb_pairs = TAKEI(a, 2 * (size_t)m->max_tokens);
+}
+
 static void carve(model *m, arena *a) {
   const monkey_config *c = m->cfg;
   const visual_config *v = &c->visual;
@@ -184,6 +218,9 @@ static void carve(model *m, arena *a) {
   const size_t nh = c->num_attention_heads, nthr = m->nthreads;
   const int nva = m->recompute_vit ? 1 : v->layers, nla = m->recompute_llm ? 1 : c->num_hidden_layers;
 
+  carve_index(m, &m->idx, a); /* first: the block starts at the arena's base */
+  m->idx_bytes = a->used;
+  m->px = take(a, NI * S * S * 3);
   m->img = TAKEF(a, NI * S * S * 3);
   m->glob = TAKEF(a, NI * w * w * 3);
   m->resize_tmp = TAKEF(a, lmax(lmax(w * S * 3, G * 16 * W), G * qg * E));
@@ -232,8 +269,6 @@ static void carve(model *m, arena *a) {
   m->zpost = TAKEF(a, NQ * E);
   m->feat = TAKEF(a, NQ * E);
 
-  m->pos_ids = TAKEI(a, T);
-  m->seq_start = TAKEI(a, m->max_samples + 1);
   for (int L = 0; L <= c->num_hidden_layers; L++) m->llm_in[L] = TAKEF(a, T * H);
   for (int L = 0; L < nla; L++) {
     llm_acts *A = &m->la[L];
@@ -251,9 +286,6 @@ static void carve(model *m, arena *a) {
   }
   m->xf = TAKEF(a, T * H);
   m->f_rstd = TAKEF(a, T);
-  m->sel_rows = TAKEI(a, T);
-  m->sel_tgt = TAKEI(a, T);
-  m->slot_row = TAKEI(a, T);
   m->hsel = TAKEF(a, T * H);
   m->dhsel = TAKEF(a, T * H);
   m->logit_rows = (int)(T < 128 ? T : 128);
@@ -271,9 +303,9 @@ static void carve(model *m, arena *a) {
   attn_shape sv = {.Tq = (int)NP, .Tk = (int)NP, .H = (int)hv, .D = v->head_dim};
   attn_shape sr = {.Tq = (int)nq, .Tk = (int)NP, .H = (int)hr, .D = (int)(E / hr)};
   attn_shape sl = {.Tq = (int)T, .Tk = (int)T, .H = (int)nh, .D = c->head_dim, .causal = 1};
-  m->attn_scratch_per_thread = lmax(lmax(attention_scratch_floats(&sv, (int)nthr),
-                                         attention_scratch_floats(&sr, (int)nthr)),
-                                    attention_scratch_floats(&sl, (int)nthr));
+  size_t (*scratch)(const attn_shape *, int) = m->ops->attention_scratch_floats;
+  m->attn_scratch_per_thread =
+      lmax(lmax(scratch(&sv, (int)nthr), scratch(&sr, (int)nthr)), scratch(&sl, (int)nthr));
   m->attn_scratch = TAKEF(a, nthr * m->attn_scratch_per_thread);
   m->d_feat = TAKEF(a, NQ * E);
   m->d_z = TAKEF(a, NQ * E);
@@ -290,11 +322,14 @@ static void carve(model *m, arena *a) {
   m->d_vit = TAKEF(a, N * W);
 }
 
-static void *g_arena_base; /* one model per process */
-
-int model_create(model *m, const monkey_config *c, zero_state *z, int max_samples, int max_tokens,
-                 int max_images, int recompute_vit, int recompute_llm) {
+int model_create(model *m, const vlm_backend *ops, const monkey_config *c, zero_state *z,
+                 int max_samples, int max_tokens, int max_images, int recompute_vit,
+                 int recompute_llm) {
   memset(m, 0, sizeof *m);
+  m->ops = ops ? ops : vlm_backend_cpu();
+  if (z->ops && z->ops != m->ops)
+    VLM_FAIL("model: the parameters live on the %s backend but the model was asked to run on %s",
+             z->ops->name, m->ops->name);
   m->cfg = c;
   m->z = z;
   m->reg = z->reg;
@@ -303,7 +338,8 @@ int model_create(model *m, const monkey_config *c, zero_state *z, int max_sample
   m->max_images = max_images < 1 ? 1 : max_images;
   m->recompute_vit = recompute_vit;
   m->recompute_llm = recompute_llm;
-  m->nthreads = omp_get_max_threads();
+  /* threads that issue kernel calls at once (each needs its own scratch) */
+  m->nthreads = m->ops->host_parallel ? omp_get_max_threads() : 1;
   if (c->visual.lora_repeat_num > 16) VLM_FAIL("model: lora_repeat_num %d > 16 is not supported", c->visual.lora_repeat_num);
   if (c->visual.output_dim != c->hidden_size)
     VLM_FAIL("model config: visual.output_dim (%d) must equal hidden_size (%d): the image "
@@ -330,25 +366,39 @@ int model_create(model *m, const monkey_config *c, zero_state *z, int max_sample
       m->mod_llm0 < 0 || m->mod_head < 0)
     VLM_FAIL("model: the registry's modules are not the Monkey layout");
   VLM_CHECK(resolve_all(m));
-  arena a = {0};
-  carve(m, &a); /* sizing pass */
+  arena a = {0}, h = {0};
+  carve(m, &a); /* sizing passes */
+  carve_host(m, &h);
   a.cap = a.used;
   a.used = 0;
-  a.base = vlm_alloc(a.cap, "activations");
+  h.cap = h.used;
+  h.used = 0;
+  a.base = m->ops->alloc(a.cap, "activations");
   if (!a.base) {
     model_free(m);
-    VLM_FAIL("model: cannot allocate %.2f GiB of activation buffers (micro-batch of %d samples, "
-             "%d tokens, %d images)", a.cap / 1073741824.0, max_samples, max_tokens, max_images);
+    VLM_FAIL("model: cannot allocate %.2f GiB of activation buffers on the %s backend "
+             "(micro-batch of %d samples, %d tokens, %d images)", a.cap / 1073741824.0,
+             ops ? ops->name : "cpu", max_samples, max_tokens, max_images);
   }
+  m->arena = a.base;
+  m->ops->zero((float *)a.base, (long)(a.cap / sizeof(float))); /* cap: a multiple of 64 */
+  h.base = vlm_alloc(h.cap, "micro-batch index arrays");
+  if (!h.base) {
+    model_free(m);
+    return -1;
+  }
+  m->host_arena = h.base;
   carve(m, &a);
-  g_arena_base = a.base;
+  carve_host(m, &h);
+  for (size_t i = 0; i < lmax(lmax(m->max_tokens, c->visual.n_patches), c->visual.n_queries) + 1; i++)
+    m->hidx.iota[i] = (int)i;
   m->arena_bytes = a.cap;
   return 0;
 }
 
 void model_free(model *m) {
-  vlm_free(g_arena_base);
-  g_arena_base = NULL;
+  if (m->arena) m->ops->free(m->arena);
+  vlm_free(m->host_arena);
   free(m->vb);
   free(m->lb);
   free(m->vit_in);
@@ -362,68 +412,6 @@ void model_free(model *m) {
 
 /* ---- one micro-batch ---------------------------------------------------- */
 
-/* Checks the batch against the buffers and the image-slot rule; fills
- * seq_start, pos_ids and slot_row. */
-static int prepare(model *m, const mb_batch *b, int *n_images_out) {
-  const monkey_config *c = m->cfg;
-  const int slots = c->visual.img_slots;
-  if (b->n_samples < 1 || b->n_samples > m->max_samples)
-    VLM_FAIL("micro-batch of %d samples; the model was set up for 1..%d", b->n_samples, m->max_samples);
-  const int nw = c->visual.n_windows, nq = c->visual.n_queries;
-  int t = 0, img = 0, n_img = 0;
-  for (int s = 0; s < b->n_samples; s++) n_img += b->n_img[s];
-  for (int s = 0; s < b->n_samples; s++) {
-    m->seq_start[s] = t;
-    if (b->len[s] < 1) VLM_FAIL("sample %d of the micro-batch is empty", s);
-    if (t + b->len[s] > m->max_tokens)
-      VLM_FAIL("micro-batch holds more than %d tokens", m->max_tokens);
-    int seen = 0;
-    for (int i = 0; i < b->len[s]; i++) {
-      m->pos_ids[t + i] = i;
-      m->slot_row[t + i] = -1;
-    }
-    for (int i = 0; i < b->len[s]; i++) {
-      int32_t tok = b->tokens[t + i];
-      if (tok < 0 || tok >= c->vocab_size)
-        VLM_FAIL("sample %d: token %d at position %d is outside the vocabulary (0..%d)", s, tok, i,
-                 c->vocab_size - 1);
-      if (tok != c->visual.image_start_id) continue;
-      if (i + slots + 1 >= b->len[s] || b->tokens[t + i + slots + 1] != c->img_end_id)
-        VLM_FAIL("sample %d: <img> at position %d is not followed by %d slots and </img>", s, i, slots);
-      if (seen >= b->n_img[s])
-        VLM_FAIL("sample %d: more <img> tags than its %d image(s)", s, b->n_img[s]);
-      /* views are stored windows of every image first, then every global view:
-       * slot k of image j is query k % nq of view k / nq of that image */
-      for (int k = 0; k < slots; k++) {
-        int j = img + seen, view = k / nq;
-        int vi = view < nw ? j * nw + view : n_img * nw + j;
-        m->slot_row[t + i + 1 + k] = vi * nq + k % nq;
-      }
-      seen++;
-      i += slots + 1;
-    }
-    if (seen != b->n_img[s])
-      VLM_FAIL("sample %d: %d <img> tags but %d image(s)", s, seen, b->n_img[s]);
-    t += b->len[s];
-    img += b->n_img[s];
-  }
-  m->seq_start[b->n_samples] = t;
-  if (img > m->max_images)
-    VLM_FAIL("micro-batch holds %d images; the model was set up for %d", img, m->max_images);
-  *n_images_out = img;
-  m->n_img = img;
-  return 0;
-}
-
-long mb_count_targets(const mb_batch *b) {
-  long n = 0, t = 0;
-  for (int s = 0; s < b->n_samples; s++) {
-    for (int i = 1; i < b->len[s]; i++) n += b->labels[t + i] != -100;
-    t += b->len[s];
-  }
-  return n;
-}
-
 /* The order of modules is the same on every rank whatever its data (ranks with
  * no image or no target still gather and reduce with the others); only the
  * compute is skipped. Each acquire prefetches the module that comes next. */
@@ -435,10 +423,11 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   const int nv = v->n_windows + 1, NP = v->n_patches, VL = v->layers, LL = c->num_hidden_layers;
   const float eps = (float)c->layer_norm_epsilon;
   int n_img = 0;
-  VLM_CHECK(prepare(m, b, &n_img));
+  VLM_CHECK(model_prepare_batch(m, b, &n_img));
   const int T = m->seq_start[b->n_samples], n_seq = b->n_samples, n_views = n_img * nv;
   const int need_dx0 = tr(m, &m->wte) || m->vit_needs_grad;
   const int vit_bwd_stop = m->vit_lowest < 0 ? 0 : m->vit_lowest; /* lowest block with a backward */
+  const vlm_backend *ops = m->ops;
   m->flops = 0;
 
   /* ---- forward: images ---- */
@@ -461,12 +450,8 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   /* ---- forward: embeddings with the image features spliced in ---- */
   acquire(m, m->mod_embed, m->mod_llm0, 0);
   float *x = m->llm_in[0];
-#pragma omp parallel for schedule(static)
-  for (int t = 0; t < T; t++) {
-    const float *src = m->slot_row[t] >= 0 ? m->feat + (size_t)m->slot_row[t] * H
-                                           : m->wte.w + (size_t)b->tokens[t] * H;
-    memcpy(x + (size_t)t * H, src, (size_t)H * sizeof(float));
-  }
+  ops->rows_copy(x, NULL, m->wte.w, m->idx.tokens, T, H); /* every position, then the slots */
+  if (m->n_slot > 0) ops->rows_copy(x, m->idx.slot_pos, m->feat, m->idx.slot_src, m->n_slot, H);
   release(m, m->mod_embed, 0);
   for (int L = 0; L < LL; L++) {
     acquire(m, m->mod_llm0 + L, L + 1 < LL ? m->mod_llm0 + L + 1 : m->mod_head, 0);
@@ -477,38 +462,26 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   /* ---- head: loss on the positions that have a target, and its backward ---- */
   acquire(m, m->mod_head, m->mod_llm0 + LL - 1, 1);
   const float *xL = m->llm_in[LL];
-  rmsnorm_forward(m->xf, m->f_rstd, xL, m->ln_f.w, T, H, eps);
-  int Mv = 0;
-  for (int s = 0; s < n_seq; s++)
-    for (int t = m->seq_start[s]; t < m->seq_start[s + 1] - 1; t++)
-      if (b->labels[t + 1] != -100) {
-        if (b->labels[t + 1] < 0 || b->labels[t + 1] >= V)
-          VLM_FAIL("sample %d: label %d at position %d is outside the vocabulary", s,
-                   b->labels[t + 1], t + 1 - m->seq_start[s]);
-        m->sel_rows[Mv] = t;
-        m->sel_tgt[Mv] = b->labels[t + 1];
-        Mv++;
-      }
-  for (int i = 0; i < Mv; i++)
-    memcpy(m->hsel + (size_t)i * H, m->xf + (size_t)m->sel_rows[i] * H, (size_t)H * sizeof(float));
-  zero(m->dhsel, (long)Mv * H);
+  ops->rmsnorm_forward(m->xf, m->f_rstd, xL, m->ln_f.w, T, H, eps);
+  const int Mv = m->n_sel;
+  if (Mv > 0) ops->rows_copy(m->hsel, NULL, m->xf, m->idx.sel_rows, Mv, H);
+  zero(m, m->dhsel, (long)Mv * H);
   double lsum = 0.0;
   for (int i0 = 0; i0 < Mv; i0 += m->logit_rows) {
     int n = Mv - i0 < m->logit_rows ? Mv - i0 : m->logit_rows, nvalid = 0;
     lin_fwd(m, 1, m->logits, m->hsel + (size_t)i0 * H, m->lm_head, NULL, n, H, V);
-    lsum += cross_entropy_forward_backward(m->logits, m->logits, m->sel_tgt + i0, n, V, loss_scale,
-                                           &nvalid);
+    lsum += ops->cross_entropy_forward_backward(m->logits, m->logits, m->idx.sel_tgt + i0, n, V,
+                                                loss_scale, &nvalid);
     lin_bwd(m, m->dhsel + (size_t)i0 * H, m->lm_head, NULL, m->logits, m->hsel + (size_t)i0 * H, n,
             H, V);
   }
   *loss_sum = lsum;
   *n_targets = Mv;
   float *dy = m->d_res, *dx = m->d_next;
-  zero(m->d_small, (long)T * H);
-  for (int i = 0; i < Mv; i++)
-    memcpy(m->d_small + (size_t)m->sel_rows[i] * H, m->dhsel + (size_t)i * H, (size_t)H * sizeof(float));
-  zero(dy, (long)T * H);
-  rmsnorm_backward(dy, m->ln_f.g, m->d_small, xL, m->ln_f.w, m->f_rstd, T, H);
+  zero(m, m->d_small, (long)T * H);
+  if (Mv > 0) ops->rows_copy(m->d_small, m->idx.sel_rows, m->dhsel, NULL, Mv, H);
+  zero(m, dy, (long)T * H);
+  ops->rmsnorm_backward(dy, m->ln_f.g, m->d_small, xL, m->ln_f.w, m->f_rstd, T, H);
   release(m, m->mod_head, 1);
 
   /* ---- backward: LLM ---- */
@@ -518,7 +491,7 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
     llm_acts *A = &m->la[m->recompute_llm ? 0 : L];
     if (m->recompute_llm) llm_block_forward(m, L, A, m->llm_in[L + 1], m->llm_in[L], T, n_seq, 0);
     int want_dx = L > 0 || need_dx0;
-    if (want_dx) zero(dx, (long)T * H);
+    if (want_dx) zero(m, dx, (long)T * H);
     llm_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->llm_in[L], T, n_seq);
     release(m, m->mod_llm0 + L, 1);
     float *tmp = dy;
@@ -528,14 +501,11 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   if (!need_dx0) return 0;
   /* dy holds d(embeddings): to wte rows, or to the image features */
   acquire(m, m->mod_embed, m->vit_needs_grad ? m->mod_res : -1, 1);
-  if (n_img > 0) zero(m->d_feat, (long)n_views * v->n_queries * H);
-  for (int t = 0; t < T; t++) {
-    const float *g = dy + (size_t)t * H;
-    float *dst = m->slot_row[t] >= 0 ? m->d_feat + (size_t)m->slot_row[t] * H
-                                     : (m->wte.g ? m->wte.g + (size_t)b->tokens[t] * H : NULL);
-    if (dst)
-      for (int k = 0; k < H; k++) dst[k] += g[k];
-  }
+  if (n_img > 0) zero(m, m->d_feat, (long)n_views * v->n_queries * H);
+  if (m->n_slot > 0) /* one position per feature row */
+    ops->rows_segment_add(m->d_feat, m->idx.slot_src, dy, m->idx.slot_pos, m->idx.iota, m->n_slot, H);
+  if (m->wte.g && m->n_emb > 0) /* each token id: its positions, in order */
+    ops->rows_segment_add(m->wte.g, m->idx.emb_dst, dy, m->idx.emb_src, m->idx.emb_seg, m->n_emb, H);
   release(m, m->mod_embed, 1);
   if (!m->vit_needs_grad) return 0;
 
@@ -547,7 +517,7 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   const long NW = (long)n_views * NP * W;
   dy = m->d_res;
   dx = m->d_next;
-  if (n_img > 0) memcpy(dy, m->d_vit, (size_t)NW * sizeof(float));
+  if (n_img > 0) ops->copy(dy, m->d_vit, (size_t)NW * sizeof(float));
   for (int L = VL - 1; L >= vit_bwd_stop; L--) {
     int next = L > vit_bwd_stop ? m->mod_vit0 + L - 1 : (m->vit_lowest < 0 ? m->mod_stem : -1);
     acquire(m, m->mod_vit0 + L, next, 1);
@@ -559,7 +529,7 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
        * their gradients reach no parameter, so only the windows go backward
        * (they are the first n_img * n_windows views). */
       int n_bwd = L < m->vit_trunk_lowest ? n_img * v->n_windows : n_views;
-      if (want_dx) zero(dx, NW);
+      if (want_dx) zero(m, dx, NW);
       vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_bwd);
     }
     release(m, m->mod_vit0 + L, 1);

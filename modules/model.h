@@ -7,13 +7,19 @@
  *
  * A micro-batch is packed: the samples' tokens are concatenated (each sample
  * keeps its own positions and causal window), and all views of all images go
- * through the ViT together (each view with its own LoRA set). */
+ * through the ViT together (each view with its own LoRA set).
+ *
+ * Every kernel runs through the model's backend (kernels/backend.h): activations
+ * and the int index arrays the kernels read live in backend memory, and the host
+ * never dereferences them; the host builds the index arrays of a micro-batch in
+ * a mirror (hidx) and uploads them once. */
 #ifndef VLM_MODULES_MODEL_H
 #define VLM_MODULES_MODEL_H
 
 #include <stdint.h>
 
 #include "io/config.h"
+#include "kernels/backend.h"
 #include "modules/registry.h"
 #include "modules/zero.h"
 
@@ -58,8 +64,27 @@ typedef struct {
   float *a, *rstd1, *qkv, *ctx, *lse, *x1, *c, *rstd2, *u1, *u2, *s;
 } llm_acts;
 
+/* The int arrays the kernels read for one micro-batch, built on the host from
+ * the batch's tokens and labels. The model holds two copies with one layout: idx
+ * in backend memory (what kernels read) and hidx on the host (where they are
+ * built); one upload of idx_bytes copies the whole block. */
+typedef struct {
+  int *pos_ids;  /* [T] position of each token inside its sample (RoPE) */
+  int *tokens;   /* [T] token ids */
+  int *sel_rows; /* [T] rows with a target (the row predicting label t+1) */
+  int *sel_tgt;  /* [T] their targets */
+  int *slot_pos; /* [T] positions that take an image feature row... */
+  int *slot_src; /* [T] ...and the feature row each takes */
+  int *emb_dst, *emb_seg, *emb_src; /* wte gradient: distinct token ids, segment offsets
+                                     * [n+1], text positions grouped by id (in t order) */
+  int *iota;     /* [max(T, patches, queries) + 1]: 0, 1, 2, ... */
+  int *vsum_rows, *vsum_seg; /* sum over the views of [patches] rows: rows by patch, then view */
+  int *qsum_rows, *qsum_seg; /* sum of views 1.. of [queries] rows onto view 0 */
+} mb_index;
+
 typedef struct {
   const monkey_config *cfg;
+  const vlm_backend *ops; /* every kernel call and every move of tensor data */
   registry *reg;
   zero_state *z;     /* where parameters live; gathered module by module */
   wp **slots;        /* every wp of the model, and the module each belongs to */
@@ -96,15 +121,19 @@ typedef struct {
   /* resampler */
   float *kv, *kv_mean, *kv_rstd, *kvn, *pe_k, *keys, *qn, *q_mean, *q_rstd, *q_in, *Q, *K, *V;
   float *r_ctx, *r_lse, *r_o, *post_mean, *post_rstd, *zpost, *feat;
-  /* ---- LLM activations (T = max_tokens) ---- */
-  int *pos_ids;      /* [T] position of each token inside its sample */
+  uint8_t *px;       /* [max_images, S, S, 3] the batch's pixels, uploaded */
+  /* ---- index arrays of the micro-batch (backend copy, host mirror) ---- */
+  mb_index idx, hidx;
+  size_t idx_bytes;
+  int n_sel, n_slot, n_emb; /* rows with a target, image slots, distinct text token ids */
+  /* ---- host-only metadata ---- */
   int *seq_start;    /* [max_samples + 1] */
+  int *slot_row;     /* [T] row of the image features spliced at this position, or -1 */
+  int *emb_pairs;    /* [2T] sort scratch for emb_* */
+  /* ---- LLM activations (T = max_tokens) ---- */
   float **llm_in;    /* [layers + 1] */
   llm_acts *la;      /* [layers] or [1] */
   float *xf, *f_rstd;
-  int *sel_rows;     /* [T] rows with a target */
-  int *sel_tgt;      /* [T] their targets */
-  int *slot_row;     /* [T] row of the image features spliced at this position, or -1 */
   int logit_rows;    /* rows of logits computed at once */
   float *hsel, *dhsel, *logits; /* [T,H], [T,H], [chunk, V] */
   /* ---- backward scratch ---- */
@@ -119,13 +148,16 @@ typedef struct {
   float *d_feat, *d_z, *d_o, *d_rctx, *dQ, *dK, *dV, *d_qin, *d_keys, *d_kvn, *d_kv, *d_pe_k, *d_vit;
   /* ---- accounting ---- */
   size_t arena_bytes; /* every activation and scratch buffer, allocated once */
+  void *arena, *host_arena; /* backend memory; host metadata */
   double flops;      /* useful FLOPs of the last forward_backward (recomputation excluded) */
 } model;
 
 /* Sizes every buffer for micro-batches of at most max_samples samples,
- * max_tokens tokens in all and max_images images in all. */
-int model_create(model *m, const monkey_config *c, zero_state *z, int max_samples, int max_tokens,
-                 int max_images, int recompute_vit, int recompute_llm);
+ * max_tokens tokens in all and max_images images in all, in the memory of the
+ * backend ops (NULL: the CPU), which runs every kernel of the model. */
+int model_create(model *m, const vlm_backend *ops, const monkey_config *c, zero_state *z,
+                 int max_samples, int max_tokens, int max_images, int recompute_vit,
+                 int recompute_llm);
 void model_free(model *m);
 
 /* Number of targets (labels that some logit predicts: label t+1 != -100) of a

@@ -1,18 +1,18 @@
 /* modules/model_internal.h: what the parts of the model (vit.c, resampler.c,
  * llm.c, model.c) share and nothing else includes: FLOP-counting wrappers
- * around the kernels and the per-part forward/backward entry points. */
+ * around the backend's kernels and the per-part forward/backward entry points.
+ * Every kernel goes through m->ops (kernels/backend.h); tensor memory is never
+ * touched by the host here. */
 #ifndef VLM_MODULES_MODEL_INTERNAL_H
 #define VLM_MODULES_MODEL_INTERNAL_H
 
-#include <string.h>
-
-#include "kernels/kernels.h"
+#include "kernels/backend.h"
 #include "modules/model.h"
 
 /* Linear layer with FLOP accounting; count = 0 during recomputation. */
 static inline void lin_fwd(model *m, int count, float *out, const float *in, wp W, const float *b,
                            int N, int K, int O) {
-  linear_forward(out, in, W.w, b, N, K, O);
+  m->ops->linear_forward(out, in, W.w, b, N, K, O);
   if (count) m->flops += 2.0 * N * K * O;
   zero_progress(m->z); /* drive a prefetch in flight (no MPI progress thread) */
 }
@@ -20,7 +20,7 @@ static inline void lin_fwd(model *m, int count, float *out, const float *in, wp 
 static inline void lin_bwd(model *m, float *din, wp W, float *db, const float *dout,
                            const float *in, int N, int K, int O) {
   if (!din && !W.g && !db) return;
-  linear_backward(din, W.g, db, dout, in, W.w, N, K, O);
+  m->ops->linear_backward(din, W.g, db, dout, in, W.w, N, K, O);
   m->flops += 2.0 * N * K * O * ((din != NULL) + (W.g != NULL));
   zero_progress(m->z);
 }
@@ -31,19 +31,29 @@ static inline double attn_flops(const attn_shape *s) {
 }
 
 /* Run one attention call per view on the OpenMP threads (each call single-
- * threaded) only when the views share out evenly; otherwise the views go one
- * after the other and each call spreads its heads and query blocks over the
- * threads (5 views on 2 threads would leave one thread idle a sixth of the time). */
+ * threaded) only when the backend allows it and the views share out evenly;
+ * otherwise the views go one after the other and each call spreads its heads and
+ * query blocks over the threads (5 views on 2 threads would leave one thread idle
+ * a sixth of the time). */
 static inline int views_in_parallel(const model *m, int n_views) {
-  return n_views % m->nthreads == 0 || n_views >= 4 * m->nthreads;
+  return m->ops->host_parallel && (n_views % m->nthreads == 0 || n_views >= 4 * m->nthreads);
 }
 
-static inline void zero(float *x, long n) { memset(x, 0, (size_t)n * sizeof(float)); }
+static inline void zero(model *m, float *x, long n) { m->ops->zero(x, n); }
+
+/* Scratch of the calling OpenMP thread for one attention call. */
+static inline float *attn_scratch_for_thread(model *m, int thread) {
+  return m->attn_scratch + (size_t)thread * m->attn_scratch_per_thread;
+}
+
+/* Micro-batch (batch.c): checks it, fills seq_start, slot_row and the index
+ * arrays, uploads them; *n_images_out = images of the batch. */
+int model_prepare_batch(model *m, const mb_batch *b, int *n_images_out);
 
 /* ViT (vit.c): rows are views x patches; the first n_img * n_windows views are the
  * windows (view v uses LoRA set v % n_windows), then one global view per image (no
  * LoRA). vit_block_backward's n_views may be n_img * n_windows: windows only. */
-void vit_load_pixels(model *m, const uint8_t *pixels, int n_images);
+void vit_load_pixels(model *m, const uint8_t *pixels, int n_images); /* upload + normalise */
 void vit_stem_forward(model *m, int n_images);
 void vit_stem_backward(model *m, const float *d_h0, int n_images);
 void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, int n_views, int count);

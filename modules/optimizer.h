@@ -1,7 +1,8 @@
 /* modules/optimizer.h: AdamW over the trainable parameters, with per-group
  * learning rate and weight decay, global-norm clipping and the learning-rate
  * schedule. It works on this rank's shards only (modules/zero.h): the moments
- * are two flat buffers laid out like the local gradient shards. */
+ * are two flat buffers laid out like the local gradient shards, in the memory
+ * of the shards' backend (z->ops), which runs every step, norm and scaling. */
 #ifndef VLM_MODULES_OPTIMIZER_H
 #define VLM_MODULES_OPTIMIZER_H
 
@@ -10,7 +11,9 @@
 #include "modules/zero.h"
 
 typedef struct {
-  float *m, *v; /* [n_trainable] each */
+  const vlm_backend *ops;
+  float *m, *v;   /* [n_trainable] each, backend memory */
+  float *hm, *hv; /* host mirrors for checkpoint I/O (== m, v when not on_device) */
   long n;
   long step;    /* optimizer steps taken */
   double beta1, beta2, eps;
@@ -18,6 +21,10 @@ typedef struct {
 
 int adamw_init(adamw_state *s, const zero_state *z, const train_config *t);
 void adamw_free(adamw_state *s);
+/* Copies the moments into the host mirrors / the mirrors into the moments
+ * (around checkpoint I/O; no-ops when the backend is the host). */
+void adamw_to_host(const adamw_state *s);
+void adamw_to_device(const adamw_state *s);
 
 /* Learning-rate multiplier of the schedule at 0-based optimizer step `step`. */
 double schedule_factor(const train_config *t, long step);

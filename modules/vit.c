@@ -19,12 +19,9 @@ static int view_lora(const model *m, int vi) {
   return vi < m->n_img * nw ? vi % nw : -1;
 }
 
-static float *attn_scratch_for_thread(model *m) {
-  return m->attn_scratch + (size_t)omp_get_thread_num() * m->attn_scratch_per_thread;
-}
-
 void vit_stem_forward(model *m, int n_images) {
   const visual_config *v = &m->cfg->visual;
+  const vlm_backend *ops = m->ops;
   const int S = v->image_size, w = v->window_size, p = v->patch_size, W = v->width;
   const int nv = v->n_windows + 1, NP = v->n_patches, G = v->grid, ps = v->windows_per_side;
   const int N = n_images * nv * NP, KP = 3 * p * p;
@@ -33,30 +30,25 @@ void vit_stem_forward(model *m, int n_images) {
   for (int i = 0; i < n_images; i++) {
     const float *img = m->img + (size_t)i * S * S * 3;
     float *glob = m->glob + (size_t)i * w * w * 3;
-    bicubic_resize_forward(glob, img, S, S, w, w, 3, m->resize_tmp);
+    ops->bicubic_resize_forward(glob, img, S, S, w, w, 3, m->resize_tmp);
     for (int k = 0; k < nv; k++) {
       int vi = k < v->n_windows ? i * v->n_windows + k : n_images * v->n_windows + i;
       float *cols = m->cols + (size_t)vi * NP * KP;
       if (k < v->n_windows)
-        patch_im2col(cols, img, S, S, (k / ps) * w, (k % ps) * w, w, p);
+        ops->patch_im2col(cols, img, S, S, (k / ps) * w, (k % ps) * w, w, p);
       else
-        patch_im2col(cols, glob, w, w, 0, 0, w, p);
+        ops->patch_im2col(cols, glob, w, w, 0, 0, w, p);
     }
   }
   /* 2. patch embedding (conv1 as a GEMM) + interpolated positional embedding */
   lin_fwd(m, 1, m->x0, m->cols, m->conv1, NULL, N, KP, W);
   if (G == 16)
-    memcpy(m->pe, m->pos.w, (size_t)NP * W * sizeof(float));
+    ops->copy(m->pe, m->pos.w, (size_t)NP * W * sizeof(float));
   else
-    bicubic_resize_forward(m->pe, m->pos.w, 16, 16, G, G, W, m->resize_tmp);
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < N; r++) {
-    float *x = m->x0 + (size_t)r * W;
-    const float *pe = m->pe + (size_t)(r % NP) * W;
-    for (int c = 0; c < W; c++) x[c] += pe[c];
-  }
+    ops->bicubic_resize_forward(m->pe, m->pos.w, 16, 16, G, G, W, m->resize_tmp);
+  ops->add_rows_bcast(m->x0, m->pe, N, NP, W); /* the same table for every view */
   /* 3. ln_pre */
-  layernorm_forward(m->vit_in[0], m->pre_mean, m->pre_rstd, m->x0, m->ln_pre_w.w, m->ln_pre_b.w, N,
+  ops->layernorm_forward(m->vit_in[0], m->pre_mean, m->pre_rstd, m->x0, m->ln_pre_w.w, m->ln_pre_b.w, N,
                     W, 1e-6f);
 }
 
@@ -66,21 +58,17 @@ void vit_stem_backward(model *m, const float *d_h0, int n_images) {
   const int N = n_images * nv * NP, KP = 3 * p * p;
   int need_x0 = m->pos.g || m->conv1.g;
   float *d_x0 = m->d_small;
-  if (need_x0) zero(d_x0, (long)N * W);
-  layernorm_backward(need_x0 ? d_x0 : NULL, m->ln_pre_w.g, m->ln_pre_b.g, d_h0, m->x0, m->ln_pre_w.w,
+  if (need_x0) zero(m, d_x0, (long)N * W);
+  m->ops->layernorm_backward(need_x0 ? d_x0 : NULL, m->ln_pre_w.g, m->ln_pre_b.g, d_h0, m->x0, m->ln_pre_w.w,
                      m->pre_mean, m->pre_rstd, N, W);
   if (m->pos.g) { /* the same table is added to every view: sum, then resize^T */
     float *d_pe = m->d_qkv;
-    zero(d_pe, (long)NP * W);
-    for (int r = 0; r < N; r++) {
-      const float *src = d_x0 + (size_t)r * W;
-      float *dst = d_pe + (size_t)(r % NP) * W;
-      for (int c = 0; c < W; c++) dst[c] += src[c];
-    }
+    zero(m, d_pe, (long)NP * W);
+    m->ops->rows_segment_add(d_pe, m->idx.iota, d_x0, m->idx.vsum_rows, m->idx.vsum_seg, NP, W);
     if (G == 16)
-      add_into(m->pos.g, d_pe, (long)NP * W);
+      m->ops->add_into(m->pos.g, d_pe, (long)NP * W);
     else
-      bicubic_resize_backward(m->pos.g, d_pe, 16, 16, G, G, W, m->resize_tmp);
+      m->ops->bicubic_resize_backward(m->pos.g, d_pe, 16, 16, G, G, W, m->resize_tmp);
   }
   lin_bwd(m, NULL, m->conv1, NULL, d_x0, m->cols, N, KP, W);
 }
@@ -92,14 +80,16 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   const int W = v->width, F = v->mlp_width, NP = v->n_patches, N = n_views * NP;
   const int r = v->lora_rank, r2 = v->lora_mlp_rank, hv = v->heads, dv = v->head_dim;
   const int n_win = m->n_img * v->n_windows; /* the windows come first; only they have LoRA */
+  const vlm_backend *ops = m->ops;
+  const int par = ops->host_parallel;
 
-  layernorm_forward(A->a, A->mean1, A->rstd1, x, b->ln1_w.w, b->ln1_b.w, N, W, 1e-6f);
+  ops->layernorm_forward(A->a, A->mean1, A->rstd1, x, b->ln1_w.w, b->ln1_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->qkv, A->a, b->in_w, b->in_b.w, N, W, 3 * W);
-#pragma omp parallel for schedule(static) if (n_win > 1)
+#pragma omp parallel for schedule(static) if (n_win > 1 && par)
   for (int vi = 0; vi < n_win; vi++) {
     int k = view_lora(m, vi);
     size_t o = (size_t)vi * NP;
-    lora_forward(A->qkv + o * 3 * W, A->t_in + o * r, A->a + o * W, b->lora_in_a[k].w,
+    ops->lora_forward(A->qkv + o * 3 * W, A->t_in + o * r, A->a + o * W, b->lora_in_a[k].w,
                  b->lora_in_b[k].w, b->lora_in_s[k].w, NP, W, 3 * W, r);
   }
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
@@ -108,33 +98,33 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
 #pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
   for (int vi = 0; vi < n_views; vi++) {
     const float *q = A->qkv + (size_t)vi * NP * 3 * W;
-    attention_forward(A->ctx + (size_t)vi * NP * W, A->lse + (size_t)vi * hv * NP, q, q + dv,
-                      q + 2 * dv, &s, attn_scratch_for_thread(m));
+    ops->attention_forward(A->ctx + (size_t)vi * NP * W, A->lse + (size_t)vi * hv * NP, q, q + dv,
+                      q + 2 * dv, &s, attn_scratch_for_thread(m, omp_get_thread_num()));
   }
   if (count) m->flops += n_views * attn_flops(&s);
   /* x1 = x + out_proj(ctx) + lora_out(ctx) */
   lin_fwd(m, count, A->x1, A->ctx, b->out_w, b->out_b.w, N, W, W);
-#pragma omp parallel for schedule(static) if (n_win > 1)
+#pragma omp parallel for schedule(static) if (n_win > 1 && par)
   for (int vi = 0; vi < n_win; vi++) {
     int k = view_lora(m, vi);
     size_t o = (size_t)vi * NP;
-    lora_forward(A->x1 + o * W, A->t_out + o * r, A->ctx + o * W, b->lora_out_a[k].w,
+    ops->lora_forward(A->x1 + o * W, A->t_out + o * r, A->ctx + o * W, b->lora_out_a[k].w,
                  b->lora_out_b[k].w, b->lora_out_s[k].w, NP, W, W, r);
   }
-  add_into(A->x1, x, (long)N * W);
+  ops->add_into(A->x1, x, (long)N * W);
   /* y = x1 + mlp(ln_2(x1)) + mlp_lora(x1) */
-  layernorm_forward(A->c, A->mean2, A->rstd2, A->x1, b->ln2_w.w, b->ln2_b.w, N, W, 1e-6f);
+  ops->layernorm_forward(A->c, A->mean2, A->rstd2, A->x1, b->ln2_w.w, b->ln2_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->f, A->c, b->fc_w, b->fc_b.w, N, W, F);
-  gelu_forward(A->g, A->f, (long)N * F);
+  ops->gelu_forward(A->g, A->f, (long)N * F);
   lin_fwd(m, count, y, A->g, b->proj_w, b->proj_b.w, N, F, W);
-#pragma omp parallel for schedule(static) if (n_win > 1)
+#pragma omp parallel for schedule(static) if (n_win > 1 && par)
   for (int vi = 0; vi < n_win; vi++) {
     int k = view_lora(m, vi);
     size_t o = (size_t)vi * NP;
-    lora_forward(y + o * W, A->t_mlp + o * r2, A->x1 + o * W, b->lora_mlp_a[k].w,
+    ops->lora_forward(y + o * W, A->t_mlp + o * r2, A->x1 + o * W, b->lora_mlp_a[k].w,
                  b->lora_mlp_b[k].w, b->lora_mlp_s[k].w, NP, W, W, r2);
   }
-  add_into(y, A->x1, (long)N * W);
+  ops->add_into(y, A->x1, (long)N * W);
   if (count) /* LoRA FLOPs: two thin GEMMs per adapter per view */
     m->flops += 2.0 * n_views * v->n_windows / (v->n_windows + 1) * NP *
                 ((double)r * (W + 3 * W) + (double)r * (W + W) + (double)r2 * (W + W));
@@ -148,12 +138,12 @@ static void lora_views_backward(model *m, float *dx, int ldx, const float *dy, i
                                 const wp *S, int K, int O) {
   const visual_config *v = &m->cfg->visual;
   const int NP = v->n_patches, nw = v->n_windows, n_win_views = m->n_img * nw;
-#pragma omp parallel for schedule(dynamic) if (v->n_windows > 1)
+#pragma omp parallel for schedule(dynamic) if (v->n_windows > 1 && m->ops->host_parallel)
   for (int k = 0; k < v->n_windows; k++) {
     float *scratch = m->lora_scratch + (size_t)omp_get_thread_num() * NP * m->lora_rmax;
     for (int vi = k; vi < n_win_views; vi += nw) {
       size_t o = (size_t)vi * NP;
-      lora_backward(dx ? dx + o * ldx : NULL, A[k].g, B[k].g, S[k].g, dy + o * ldy, x + o * K,
+      m->ops->lora_backward(dx ? dx + o * ldx : NULL, A[k].g, B[k].g, S[k].g, dy + o * ldy, x + o * K,
                     t + o * rank, A[k].w, B[k].w, S[k].w, NP, K, O, rank, scratch);
     }
   }
@@ -168,28 +158,29 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
   const int W = v->width, F = v->mlp_width, NP = v->n_patches, N = n_views * NP;
   const int r = v->lora_rank, r2 = v->lora_mlp_rank, hv = v->heads, dv = v->head_dim;
   float *d_x1 = m->d_res2, *d_c = m->d_small, *d_g = m->d_big, *d_f = m->d_big + (size_t)N * F;
+  const vlm_backend *ops = m->ops;
 
   /* MLP branch: y = x1 + proj(gelu(fc(ln_2(x1)))) + mlp_lora(x1) */
-  memcpy(d_x1, dy, (size_t)N * W * sizeof(float));
-  zero(d_g, (long)N * F);
+  ops->copy(d_x1, dy, (size_t)N * W * sizeof(float));
+  zero(m, d_g, (long)N * F);
   lin_bwd(m, d_g, b->proj_w, b->proj_b.g, dy, A->g, N, F, W);
-  zero(d_f, (long)N * F);
-  gelu_backward(d_f, d_g, A->f, (long)N * F);
-  zero(d_c, (long)N * W);
+  zero(m, d_f, (long)N * F);
+  ops->gelu_backward(d_f, d_g, A->f, (long)N * F);
+  zero(m, d_c, (long)N * W);
   lin_bwd(m, d_c, b->fc_w, b->fc_b.g, d_f, A->c, N, W, F);
-  layernorm_backward(d_x1, b->ln2_w.g, b->ln2_b.g, d_c, A->x1, b->ln2_w.w, A->mean2, A->rstd2, N, W);
+  ops->layernorm_backward(d_x1, b->ln2_w.g, b->ln2_b.g, d_c, A->x1, b->ln2_w.w, A->mean2, A->rstd2, N, W);
   lora_views_backward(m, d_x1, W, dy, W, A->x1, A->t_mlp, r2, b->lora_mlp_a, b->lora_mlp_b,
                       b->lora_mlp_s, W, W);
   /* attention branch: x1 = x + out_proj(ctx) + lora_out(ctx) */
   int need_da = dx || b->ln1_w.g || b->ln1_b.g;
-  if (dx) add_into(dx, d_x1, (long)N * W);
+  if (dx) ops->add_into(dx, d_x1, (long)N * W);
   float *d_ctx = d_c;
-  zero(d_ctx, (long)N * W);
+  zero(m, d_ctx, (long)N * W);
   lin_bwd(m, d_ctx, b->out_w, b->out_b.g, d_x1, A->ctx, N, W, W);
   lora_views_backward(m, d_ctx, W, d_x1, W, A->ctx, A->t_out, r, b->lora_out_a, b->lora_out_b,
                       b->lora_out_s, W, W);
   float *d_qkv = m->d_qkv;
-  zero(d_qkv, (long)N * 3 * W);
+  zero(m, d_qkv, (long)N * 3 * W);
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
                   .hsq = 3 * dv, .hsk = 3 * dv, .hsv = 3 * dv, .causal = 0,
                   .scale = 1.0f / sqrtf((float)dv)};
@@ -198,27 +189,26 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
     size_t o3 = (size_t)vi * NP * 3 * W;
     const float *q = A->qkv + o3;
     float *dq = d_qkv + o3;
-    attention_backward(dq, dq + dv, dq + 2 * dv, d_ctx + (size_t)vi * NP * W,
+    ops->attention_backward(dq, dq + dv, dq + 2 * dv, d_ctx + (size_t)vi * NP * W,
                        A->ctx + (size_t)vi * NP * W, A->lse + (size_t)vi * hv * NP, q, q + dv,
-                       q + 2 * dv, &s, attn_scratch_for_thread(m));
+                       q + 2 * dv, &s, attn_scratch_for_thread(m, omp_get_thread_num()));
   }
   m->flops += 2.0 * n_views * attn_flops(&s);
   /* qkv = in_proj(a) + lora_in(a), a = ln_1(x) */
   float *d_a = need_da ? m->d_small : NULL;
-  if (d_a) zero(d_a, (long)N * W);
+  if (d_a) zero(m, d_a, (long)N * W);
   lin_bwd(m, d_a, b->in_w, b->in_b.g, d_qkv, A->a, N, W, 3 * W);
   lora_views_backward(m, d_a, W, d_qkv, 3 * W, A->a, A->t_in, r, b->lora_in_a, b->lora_in_b,
                       b->lora_in_s, W, 3 * W);
   if (need_da)
-    layernorm_backward(dx, b->ln1_w.g, b->ln1_b.g, d_a, x, b->ln1_w.w, A->mean1, A->rstd1, N, W);
+    ops->layernorm_backward(dx, b->ln1_w.g, b->ln1_b.g, d_a, x, b->ln1_w.w, A->mean1, A->rstd1, N, W);
 }
 
-/* Normalises uint8 RGB images into m->img (HWC fp32, CLIP mean/std). */
+/* Uploads the batch's uint8 RGB images and normalises them into m->img (HWC
+ * fp32, CLIP mean/std). */
 void vit_load_pixels(model *m, const uint8_t *pixels, int n_images) {
   const int S = m->cfg->visual.image_size;
   const long n = (long)n_images * S * S;
-#pragma omp parallel for schedule(static)
-  for (long i = 0; i < n; i++)
-    for (int c = 0; c < 3; c++)
-      m->img[i * 3 + c] = ((float)pixels[i * 3 + c] / 255.0f - CLIP_MEAN[c]) / CLIP_STD[c];
+  m->ops->upload(m->px, pixels, (size_t)n * 3);
+  m->ops->image_normalize(m->img, m->px, n, CLIP_MEAN, CLIP_STD);
 }

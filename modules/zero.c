@@ -8,7 +8,8 @@
  *   grads:  [chunks of every module's sharded trainable params] then
  *           [every replicated trainable param]
  * so a module's gather sends one contiguous range, and the cross-replica
- * reduction is two contiguous all-reduces. */
+ * reduction is two contiguous all-reduces. Every buffer comes from the backend
+ * (z->ops) and is copied, zeroed and summed through it. */
 #include "modules/zero.h"
 
 #include <limits.h>
@@ -17,7 +18,6 @@
 #include <string.h>
 
 #include "common/vlm.h"
-#include "kernels/kernels.h"
 #include "slurm/runtime.h" /* the collective watchdog: a rank stuck here is reported by name */
 
 typedef struct {
@@ -85,9 +85,30 @@ static void allreduce_floats(float *x, long n, MPI_Comm comm) {
 
 /* ---- set-up ------------------------------------------------------------ */
 
+/* n floats of zeroed backend memory (at least one), NULL on failure. */
+static float *balloc(const vlm_backend *ops, long n, const char *what) {
+  if (n < 1) n = 1;
+  float *p = ops->alloc((size_t)n * sizeof(float), what);
+  if (p) ops->zero(p, n);
+  return p;
+}
+
+static void bfree(const vlm_backend *ops, void *p) {
+  if (p) ops->free(p);
+}
+
 int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long max_live,
               int replicate_frozen) {
+  return zero_init_backend(z, vlm_backend_cpu(), c, reg, threshold, max_live, replicate_frozen);
+}
+
+int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, registry *reg,
+                      long threshold, long max_live, int replicate_frozen) {
   memset(z, 0, sizeof *z);
+  z->ops = ops;
+  if (ops->on_device && c->size > 1)
+    VLM_FAIL("--device %s with more than one rank (%d here) needs the NCCL path: not yet "
+             "implemented (run one rank)", ops->name, c->size);
   z->comm = c;
   z->reg = reg;
   z->threshold = threshold;
@@ -162,15 +183,23 @@ int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long m
   z->n_local_grad = gcur;
 
   /* 2. storage */
-  z->params = vlm_alloc((size_t)(cur > 0 ? cur : 1) * sizeof(float), "parameter shards");
-  z->grads = vlm_alloc((size_t)(gcur > 0 ? gcur : 1) * sizeof(float), "gradient shards");
-  if (!z->params || !z->grads) VLM_FAIL("cannot allocate the parameter and gradient shards");
-  if (reg->params)
+  z->params = balloc(ops, cur, "parameter shards");
+  z->grads = balloc(ops, gcur, "gradient shards");
+  if (!z->params || !z->grads)
+    VLM_FAIL("cannot allocate the parameter and gradient shards (%.2f GiB) on the %s backend",
+             (cur + gcur) * 4.0 / 1073741824.0, ops->name);
+  z->hparams = ops->on_device ? vlm_alloc((size_t)(cur > 0 ? cur : 1) * sizeof(float),
+                                          "host copy of the parameter shards")
+                              : z->params;
+  if (!z->hparams) return -1;
+  if (reg->params) {
     for (int i = 0; i < reg->n; i++) {
       const shard_info *sh = &z->sh[i];
-      memcpy(z->params + sh->off, reg->params + reg->p[i].offset + sh->lo,
+      memcpy(z->hparams + sh->off, reg->params + reg->p[i].offset + sh->lo,
              (size_t)(sh->hi - sh->lo) * sizeof(float));
     }
+    zero_params_to_device(z);
+  }
   for (int i = 0; i < reg->n; i++) /* replicated parameters are always "gathered" */
     if (!z->sh[i].sharded) im->full[i] = z->params + z->sh[i].off;
 
@@ -181,17 +210,17 @@ int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long m
     im->slot_mod = malloc((size_t)im->n_slots * sizeof(int));
     if (!im->slot || !im->slot_mod) VLM_FAIL("out of memory");
     for (int s = 0; s < im->n_slots; s++) {
-      im->slot[s] = vlm_alloc((size_t)im->max_full * sizeof(float), "gathered module");
+      im->slot[s] = balloc(ops, im->max_full, "gathered module");
       im->slot_mod[s] = -1;
       if (!im->slot[s]) VLM_FAIL("cannot allocate a gather buffer of %ld elements", im->max_full);
     }
-    im->stage = vlm_alloc((size_t)S * im->max_pack * sizeof(float), "gather staging");
+    im->stage = balloc(ops, (long)S * im->max_pack, "gather staging");
     if (!im->stage) VLM_FAIL("cannot allocate the gather staging buffer");
   }
   if (im->max_gpack > 0) {
-    im->gwork = vlm_alloc((size_t)im->max_full * sizeof(float), "module gradient workspace");
-    im->gsend = vlm_alloc((size_t)S * im->max_gpack * sizeof(float), "reduce-scatter send");
-    im->grecv = vlm_alloc((size_t)im->max_gpack * sizeof(float), "reduce-scatter receive");
+    im->gwork = balloc(ops, im->max_full, "module gradient workspace");
+    im->gsend = balloc(ops, (long)S * im->max_gpack, "reduce-scatter send");
+    im->grecv = balloc(ops, im->max_gpack, "reduce-scatter receive");
     if (!im->gwork || !im->gsend || !im->grecv) VLM_FAIL("cannot allocate gradient buffers");
   }
   return 0;
@@ -199,15 +228,16 @@ int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long m
 
 void zero_free(zero_state *z) {
   zimpl *im = IMPL(z);
+  const vlm_backend *ops = z->ops ? z->ops : vlm_backend_cpu();
   if (im) {
     if (im->req != MPI_REQUEST_NULL) MPI_Wait(&im->req, MPI_STATUS_IGNORE);
-    for (int s = 0; s < im->n_slots; s++) vlm_free(im->slot[s]);
+    for (int s = 0; s < im->n_slots && im->slot; s++) bfree(ops, im->slot[s]);
     free(im->slot);
     free(im->slot_mod);
-    vlm_free(im->stage);
-    vlm_free(im->gwork);
-    vlm_free(im->gsend);
-    vlm_free(im->grecv);
+    bfree(ops, im->stage);
+    bfree(ops, im->gwork);
+    bfree(ops, im->gsend);
+    bfree(ops, im->grecv);
     free(im->mod_full);
     free(im->mod_pack);
     free(im->mod_pack_off);
@@ -219,8 +249,9 @@ void zero_free(zero_state *z) {
     free(im->full_g);
     free(im);
   }
-  vlm_free(z->params);
-  vlm_free(z->grads);
+  if (z->hparams != z->params) vlm_free(z->hparams);
+  bfree(ops, z->params);
+  bfree(ops, z->grads);
   free(z->sh);
   memset(z, 0, sizeof *z);
 }
@@ -268,7 +299,7 @@ static void unpack(zero_state *z, int k) {
     float *dst = base + (z->reg->p[i].offset - m->begin);
     for (int s = 0; s < S; s++) {
       long lo = (long)s * sh->chunk, cnt = n - lo < sh->chunk ? n - lo : sh->chunk;
-      if (cnt > 0) memcpy(dst + lo, im->stage + (size_t)s * P + pos, (size_t)cnt * sizeof(float));
+      if (cnt > 0) z->ops->copy(dst + lo, im->stage + (size_t)s * P + pos, (size_t)cnt * sizeof(float));
     }
     im->full[i] = dst;
   }
@@ -370,7 +401,7 @@ void zero_grad_begin(zero_state *z, int k) {
       im->full_g[i] = NULL;
     } else if (sh->sharded) {
       im->full_g[i] = im->gwork + (p->offset - m->begin);
-      memset(im->full_g[i], 0, (size_t)p->numel * sizeof(float));
+      z->ops->zero(im->full_g[i], p->numel);
     } else {
       im->full_g[i] = z->grads + sh->goff; /* accumulates locally; reduced per step */
     }
@@ -391,8 +422,8 @@ void zero_grad_end(zero_state *z, int k) {
         const long n = z->reg->p[i].numel, lo = (long)s * sh->chunk;
         const long cnt = n - lo <= 0 ? 0 : (n - lo < sh->chunk ? n - lo : sh->chunk);
         const long pos = sh->goff - im->mod_gpack_off[k];
-        if (cnt > 0) memcpy(dst + pos, im->full_g[i] + lo, (size_t)cnt * sizeof(float));
-        if (cnt < sh->chunk) memset(dst + pos + cnt, 0, (size_t)(sh->chunk - cnt) * sizeof(float));
+        if (cnt > 0) z->ops->copy(dst + pos, im->full_g[i] + lo, (size_t)cnt * sizeof(float));
+        if (cnt < sh->chunk) z->ops->zero(dst + pos + cnt, sh->chunk - cnt);
       }
     }
     double t0 = vlm_now();
@@ -402,8 +433,7 @@ void zero_grad_end(zero_state *z, int k) {
     im->st.t_reduce += vlm_now() - t0;
     im->st.n_reduce_scatter++;
     im->st.bytes_reduce_scatter += (double)G * S * sizeof(float);
-    float *acc = z->grads + im->mod_gpack_off[k];
-    for (long e = 0; e < G; e++) acc[e] += im->grecv[e];
+    z->ops->add_into(z->grads + im->mod_gpack_off[k], im->grecv, G);
   }
   for (int i = m->first; i < m->first + m->count; i++) im->full_g[i] = NULL;
 }
@@ -428,9 +458,9 @@ void zero_reduce_grads(zero_state *z) {
 
 double zero_grad_norm_sq(const zero_state *z) {
   const zimpl *im = IMPL(z);
-  double sharded = sum_squares(z->grads, im->shard_grad_n);
+  double sharded = z->ops->sum_squares(z->grads, im->shard_grad_n);
   if (z->comm->S > 1) MPI_Allreduce(MPI_IN_PLACE, &sharded, 1, MPI_DOUBLE, MPI_SUM, z->comm->shard);
-  return sharded + sum_squares(z->grads + im->repl_grad_off, im->repl_grad_n);
+  return sharded + z->ops->sum_squares(z->grads + im->repl_grad_off, im->repl_grad_n);
 }
 
 int zero_gather_to_root(zero_state *z) {
@@ -458,7 +488,7 @@ int zero_gather_to_root(zero_state *z) {
     const shard_info *sh = &z->sh[i];
     float *dst = c->s == 0 ? reg->params + reg->p[i].offset : NULL;
     if (!sh->sharded) {
-      if (c->s == 0) memcpy(dst, z->params + sh->off, (size_t)reg->p[i].numel * sizeof(float));
+      if (c->s == 0) z->ops->download(dst, z->params + sh->off, (size_t)reg->p[i].numel * sizeof(float));
       continue;
     }
     MPI_Gather(z->params + sh->off, (int)sh->chunk, MPI_FLOAT, buf, (int)sh->chunk, MPI_FLOAT, 0,
@@ -469,7 +499,26 @@ int zero_gather_to_root(zero_state *z) {
   return 0;
 }
 
-/* ---- ranges for checkpoint I/O ------------------------------------------- */
+/* ---- host access and ranges for checkpoint I/O -------------------------- */
+
+void zero_params_to_host(zero_state *z) {
+  if (z->hparams != z->params)
+    z->ops->download(z->hparams, z->params, (size_t)z->n_local * sizeof(float));
+}
+
+void zero_params_to_device(zero_state *z) {
+  if (z->hparams != z->params)
+    z->ops->upload(z->params, z->hparams, (size_t)z->n_local * sizeof(float));
+}
+
+void zero_clear_grads(zero_state *z) { z->ops->zero(z->grads, z->n_local_grad); }
+
+float *zero_shard(const zero_state *z, int idx, long *lo, long *hi) {
+  const shard_info *sh = &z->sh[idx];
+  *lo = sh->lo;
+  *hi = sh->hi;
+  return z->params + sh->off;
+}
 
 const float *zero_io_range(const zero_state *z, int idx, long *lo, long *hi) {
   const shard_info *sh = &z->sh[idx];
@@ -480,14 +529,14 @@ const float *zero_io_range(const zero_state *z, int idx, long *lo, long *hi) {
   }
   *lo = sh->lo;
   *hi = sh->hi;
-  return z->params + sh->off;
+  return z->hparams + sh->off;
 }
 
 float *zero_local_range(zero_state *z, int idx, long *lo, long *hi) {
   const shard_info *sh = &z->sh[idx];
   *lo = sh->lo;
   *hi = sh->hi;
-  return z->params + sh->off;
+  return z->hparams + sh->off;
 }
 
 float *zero_local_grad_range(const zero_state *z, float *base, int idx, long *lo, long *hi) {

@@ -9,13 +9,20 @@
  * are gathered with one coalesced collective just before they run and freed
  * after; gradients are reduce-scattered in the shard group and all-reduced
  * across replicas. With S = 1 nothing is gathered: the single-process path is
- * this path with a shard group of one. */
+ * this path with a shard group of one.
+ *
+ * Memory: every buffer comes from the backend (kernels/backend.h) and is touched
+ * through it. With a device backend (on_device) the shards live in device
+ * memory; the I/O range functions below then point into a host mirror of the
+ * parameter shards, which zero_params_to_host / zero_params_to_device copy. A
+ * device backend needs a world of one rank (the NCCL path is not implemented). */
 #ifndef VLM_MODULES_ZERO_H
 #define VLM_MODULES_ZERO_H
 
 #include <mpi.h>
 
 #include "io/train_config.h"
+#include "kernels/backend.h"
 #include "modules/registry.h"
 
 typedef struct {
@@ -44,11 +51,13 @@ typedef struct {
 typedef struct zero_state zero_state;
 
 struct zero_state {
+  const vlm_backend *ops; /* where params, grads and the gather buffers live */
   vlm_comms *comm;
   registry *reg;        /* names, shapes, trainable flags, groups, modules */
   shard_info *sh;       /* [reg->n] */
-  float *params;        /* local parameter storage, n_local elements */
+  float *params;        /* local parameter storage, n_local elements (backend memory) */
   float *grads;         /* local gradient storage, n_local_grad elements (trainable only) */
+  float *hparams;       /* host mirror of params for I/O (== params when not on_device) */
   long n_local, n_local_grad;
   int replicate_frozen;
   long threshold;       /* stage3_param_persistence_threshold */
@@ -61,6 +70,9 @@ struct zero_state {
  * stage3_max_live_parameters (bounds the gathered elements alive at once). */
 int zero_init(zero_state *z, vlm_comms *c, registry *reg, long threshold, long max_live,
               int replicate_frozen);
+/* The same with the storage in backend ops' memory (zero_init: the CPU). */
+int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, registry *reg,
+                      long threshold, long max_live, int replicate_frozen);
 void zero_free(zero_state *z);
 
 /* ---- on-demand gathering (called by the model around each module) ---- */
@@ -83,6 +95,10 @@ void zero_grad_begin(zero_state *z, int k);
 void zero_grad_end(zero_state *z, int k);
 
 /* ---- optimizer step support ---- */
+/* Zeroes the local gradient shards (start of an optimizer step). */
+void zero_clear_grads(zero_state *z);
+/* Backend pointer to this rank's part [*lo, *hi) of parameter idx (for kernels). */
+float *zero_shard(const zero_state *z, int idx, long *lo, long *hi);
 /* Sums the gradient shards across replicas and the replicated gradients
  * across the world (call once per optimizer step, after the last micro-batch). */
 void zero_reduce_grads(zero_state *z);
@@ -103,16 +119,25 @@ void zero_get_stats(const zero_state *z, zero_stats *st);
 size_t zero_buffer_bytes(const zero_state *z);
 void zero_reset_stats(zero_state *z);
 
+/* ---- host access for I/O (no-ops when the backend is the host) ---- */
+/* Copies the parameter shards into the host mirror (before reading them there). */
+void zero_params_to_host(zero_state *z);
+/* Copies the host mirror into the parameter shards (after filling it). */
+void zero_params_to_device(zero_state *z);
+
 /* The range of tensor idx that this rank must WRITE when saving (each global
  * element is written by exactly one rank of the world: replica 0, and for a
  * replicated tensor shard rank 0 only); empty range (lo == hi) if none. Returns
- * a pointer to the local data of element lo, or NULL when empty. */
+ * a pointer to the local data of element lo in the host mirror, or NULL when
+ * empty. */
 const float *zero_io_range(const zero_state *z, int idx, long *lo, long *hi);
 /* The range this rank HOLDS (and must fill when loading: every rank reads its
- * own part, whatever layout wrote the file), and a writable pointer to it. */
+ * own part, whatever layout wrote the file), and a writable pointer to it in the
+ * host mirror (zero_params_to_device publishes what was written). */
 float *zero_local_range(zero_state *z, int idx, long *lo, long *hi);
 /* Same for the gradient-shaped buffers (AdamW moments): base is a buffer of
- * n_local_grad elements laid out like zero_state.grads. NULL if frozen. */
+ * n_local_grad elements laid out like zero_state.grads (host or backend: this is
+ * offset arithmetic only). NULL if frozen. */
 float *zero_local_grad_range(const zero_state *z, float *base, int idx, long *lo, long *hi);
 
 #endif

@@ -2,3 +2,22 @@
 # (tests/model.cmake): dump_grads writes one micro-batch's loss and gradients.
 add_executable(dump_grads ${CMAKE_CURRENT_SOURCE_DIR}/model/dump_grads.c)
 target_link_libraries(dump_grads PRIVATE vlm)
+
+# test_device_clean: the model, ZeRO on one rank, AdamW and checkpoints through
+# the test-only "cpu-strict" table (backend memory the host cannot touch), against
+# the CPU backend. Its model and data come from `vlmtrain init` / `mkdata`.
+add_executable(test_device_clean ${CMAKE_CURRENT_SOURCE_DIR}/model/test_device_clean.c
+  ${CMAKE_CURRENT_SOURCE_DIR}/model/strict_backend.c)
+target_link_libraries(test_device_clean PRIVATE vlm)
+add_test(NAME device_clean_inputs COMMAND sh -c
+  "rm -rf device_clean device_clean_ckpt && mkdir device_clean && \
+   \"$0\" init --config \"$1\" --out device_clean/model --seed 7 >/dev/null && \
+   \"$0\" mkdata --synthetic --config \"$1\" --out device_clean/data.h5 --samples 12 --seed 8 >/dev/null"
+  $<TARGET_FILE:vlmtrain> ${PROJECT_SOURCE_DIR}/configs/tiny.json
+  WORKING_DIRECTORY ${VLM_TEST_WORK})
+add_test(NAME device_clean COMMAND test_device_clean device_clean/model device_clean/data.h5
+  ${CMAKE_CURRENT_SOURCE_DIR}/model/device_clean.json WORKING_DIRECTORY ${VLM_TEST_WORK})
+set_tests_properties(device_clean_inputs PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}"
+  FIXTURES_SETUP device_clean)
+set_tests_properties(device_clean PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}"
+  FIXTURES_REQUIRED device_clean LABELS "model")

@@ -79,7 +79,7 @@ def main():
     # ---- help and usage ----
     rc, out, _ = run("--help")
     check("vlmtrain --help lists the commands", rc == 0 and all(c in out for c in ("params", "init", "mkdata", "train")))
-    for cmd, opts in {"train": ["--model", "--data", "--config", "--out", "--steps", "--audit"],
+    for cmd, opts in {"train": ["--model", "--data", "--config", "--out", "--steps", "--audit", "--device"],
                       "init": ["--config", "--out", "--seed"], "params": ["--train", "--list"],
                       "mkdata": ["--synthetic", "--config", "--out", "--samples", "--seed"]}.items():
         rc, out, _ = run(cmd, "--help")
@@ -150,6 +150,19 @@ def main():
         check("after training every trainable tensor changed", train_changed)
     rc, out, _ = run("train", "--model", "model", "--data", "data.h5", "--config", good_cfg, "--out", "run2", "--steps", "1")
     check("--steps overrides train_steps", rc == 0 and len(open("run2/metrics.jsonl").readlines()) == 1)
+
+    # ---- --device: cpu trains as before (same losses), cuda needs a CUDA build ----
+    rc, out, err = run("train", "--model", "model", "--data", "data.h5", "--config", good_cfg, "--out", "run_cpu", "--device", "cpu")
+    same = rc == 0 and [json.loads(l)["loss"] for l in open("run_cpu/metrics.jsonl")] == [r["loss"] for r in rows]
+    check("--device cpu trains with the same losses as the default", same, out[-800:] + err[-800:])
+    rc, out, _ = run("train", "--help")
+    check("train --help lists --device with its default", rc == 0 and "--device" in out and "[default: cpu]" in out, out)
+    rc, _, err = run("train", "--model", "model", "--data", "data.h5", "--config", good_cfg, "--out", "run_gpu", "--device", "tpu")
+    check("--device with an unknown value is a usage error naming it", rc == 2 and '"tpu"' in err and "cpu or cuda" in err, err)
+    if "VLMTRAIN_HAVE_CUDA" not in os.environ:  # the CPU-only build (the CI gate)
+        rc, _, err = run("train", "--model", "model", "--data", "data.h5", "--config", good_cfg, "--out", "run_gpu", "--device", "cuda")
+        check("--device cuda on a CPU-only build fails clearly", rc != 0 and rc > 0 and
+              "built without the CUDA backend" in err and "-DVLMTRAIN_CUDA=ON" in err, f"rc={rc}\n{err}")
 
     # ---- bad inputs ----
     w = read_st("model/model.safetensors")

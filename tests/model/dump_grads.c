@@ -64,7 +64,7 @@ static int run(int argc, char **argv) {
   zero_state z;
   VLM_CHECK(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters, 0));
   model m;
-  VLM_CHECK(model_create(&m, &c, &z, B, (int)t_off, (int)(i_off > 0 ? i_off : 1), t.recompute_vit,
+  VLM_CHECK(model_create(&m, vlm_backend_cpu(), &c, &z, B, (int)t_off, (int)(i_off > 0 ? i_off : 1), t.recompute_vit,
                          t.recompute_llm));
   mb_batch b = {.n_samples = B, .len = len, .n_img = nimg, .tokens = tok, .labels = lab, .pixels = pix};
   long want = mb_count_targets(&b), n_tgt = 0;
