@@ -27,9 +27,10 @@ OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
   -x VLM_EMU_DEVICES=2 "$here/build-emu/check_backend" > "$here/build-emu/check_backend-2ranks.txt" 2>&1 ||
   { cat "$here/build-emu/check_backend-2ranks.txt"; exit 1; }
 grep "passed" "$here/build-emu/check_backend-2ranks.txt"
-echo "== vlmtrain built whole with the emulated CUDA backend; a tiny run =="
+echo "== vlmtrain built whole with the emulated CUDA backend: --device cuda against --device cpu =="
 bash "$here/tests/gpu/emu/build_vlmtrain.sh" "$here/build-emu-vlmtrain"
-bash "$here/tests/gpu/emu/tiny_run.sh" "$here/build-emu-vlmtrain/vlmtrain" | tail -n 2
+VLM_EMU_DEVICES=1 bash "$here/tests/gpu/model_checks.sh" "$here/build-emu-vlmtrain/vlmtrain" \
+  "$here/build-emu-vlmtrain" --quick | grep -E "parity|model_checks"
 echo "== build (AddressSanitizer + UBSan) =="
 bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
 echo "== tests under AddressSanitizer + UBSan =="

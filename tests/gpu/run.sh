@@ -5,13 +5,16 @@
 #   1. records the device (nvidia-smi) and the toolkit (nvcc);
 #   2. configures and builds with -DVLMTRAIN_CUDA=ON -DVLMTRAIN_WERROR=ON, for the GPU
 #      present only (CUDA architecture "native"; VLM_CUDA_ARCH overrides), the four
-#      GPU programs and what they link;
+#      GPU programs, vlmtrain and what they link;
 #   3. check_kernels: every CUDA kernel against its CPU twin, fp32 and bf16, with the
 #      tolerances stated in tests/gpu/check_kernels.c;
 #   4. check_backend: the CUDA dispatch table (kernels/backend.h) entry by entry against
 #      the CPU kernels, and its memory entries (one MPI rank; tests/gpu/check_backend.c);
 #   5. check_nccl under mpirun, one rank per visible GPU (at most 8);
-#   6. bench_gemm_attention: bf16 GEMM and attention TFLOP/s against the bf16 peak.
+#   6. model_checks.sh: vlmtrain --device cuda against --device cpu (the tiny model, 20
+#      ZeRO-3 steps: losses, gradient norms, final weights), the same in bf16, and the
+#      small and medium configs' tokens/s and MFU against the bf16 dense peak;
+#   7. bench_gemm_attention: bf16 GEMM and attention TFLOP/s against the bf16 peak.
 # Every output also goes to $OUT (the device tool's folder) or BUILD/gpu-results.
 # Exit status: 0 when every check passes, 1 when a check fails, 2 when the build fails.
 # Environment: VLM_GPU_BUILD (build folder, default build-gpu), VLM_CUDA_ARCH,
@@ -49,7 +52,7 @@ if ! cmake -S "$root" -B "$build" "${cfg[@]}" >"$out/configure.log" 2>&1; then
   exit 2
 fi
 if ! cmake --build "$build" -j "$(nproc)" --target check_kernels check_backend \
-    check_nccl bench_gemm_attention >"$out/build.log" 2>&1; then
+    check_nccl bench_gemm_attention vlmtrain >"$out/build.log" 2>&1; then
   grep -E -m 40 "error|Error" "$out/build.log"
   echo "run.sh: build failed (log: $out/build.log)"
   exit 2
@@ -81,6 +84,11 @@ if [ "${VLM_GPU_SANITIZE:-0}" = 1 ]; then
   [ "$rc" -eq 0 ] || status=1
 fi
 
+step "model checks: --device cuda against --device cpu, bf16, small and medium throughput"
+timeout 900 bash "$root/tests/gpu/model_checks.sh" "$build/vlmtrain" "$out" 2>&1 |
+  tee "$out/model_checks.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
 step "bench_gemm_attention: throughput against the bf16 dense peak"
 timeout 300 "$build/tests/gpu/bench_gemm_attention" 2>&1 | tee "$out/bench_gemm_attention.txt"
 
@@ -89,6 +97,7 @@ head -n 1 "$out/device.txt"
 grep -h "FAIL" "$out/check_kernels.txt" "$out/check_backend.txt" "$out/check_nccl.txt" || true
 echo "check_kernels: $(tail -n 1 "$out/check_kernels.txt")"
 echo "check_backend: $(tail -n 1 "$out/check_backend.txt")"
+echo "model checks:  $(tail -n 1 "$out/model_checks.txt")"
 echo "check_nccl:    $(tail -n 1 "$out/check_nccl.txt")"
 echo "run.sh: $([ $status -eq 0 ] && echo 'all GPU checks passed' || echo 'GPU checks FAILED')"
 exit $status
