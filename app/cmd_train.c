@@ -212,7 +212,6 @@ int cmd_train(int argc, char **argv) {
     if (steps < 1) VLM_FAIL("option --steps: expected a positive number of steps, found %ld", steps);
     t.train_steps = steps;
   }
-  if (t.bf16) vlm_warn("bf16.enabled is set: the CPU path computes in fp32\n");
   { /* before anything collective: refuse a wrong launch, catch signals, watch for hangs */
     char launch[512];
     VLM_CHECK(rt_startup_check(MPI_COMM_WORLD, launch, sizeof launch));
@@ -226,6 +225,13 @@ int cmd_train(int argc, char **argv) {
     train_config_free(&t);
     free(h5_config);
     return -1;
+  }
+  if (t.bf16 && ops->set_bf16) {
+    ops->set_bf16(1);
+    vlm_log("bf16: GEMM operands rounded to bf16, fp32 accumulation; master weights, moments, "
+            "gradients and the other kernels fp32\n");
+  } else if (t.bf16) {
+    vlm_warn("bf16.enabled is set: the %s backend computes in fp32\n", ops->name);
   }
   int stopped = 0;
 

@@ -44,6 +44,10 @@ typedef struct vlm_backend {
   void (*copy)(void *dst, const void *src, size_t bytes);          /* backend -> backend */
   void (*zero)(float *x, long n);
   void (*sync)(void); /* waits until every enqueued kernel has finished */
+  /* bf16.enabled: 1 = the GEMM entries (linear_*, matmul_*) multiply bf16-rounded
+   * operands with fp32 accumulation and fp32 outputs; everything else stays fp32.
+   * Returns 0. NULL on a backend without bf16 compute (the CPU). */
+  int (*set_bf16)(int enabled);
 
   /* ---- the kernels of kernels/kernels.h, same arguments ---- */
   void (*linear_forward)(float *out, const float *in, const float *W, const float *b, int N,

@@ -18,6 +18,7 @@
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "common/vlm.h"
@@ -87,20 +88,85 @@ static void be_sync(void) { RT_OK(cudaStreamSynchronize(g_ctx.compute)); }
 
 #define CTX &g_ctx, g_ctx.compute
 
+/* ---- bf16 mixed precision (bf16.enabled) ---------------------------------------------
+ * With bf16 on, the four GEMM entries round their fp32 operands to bf16 (round to
+ * nearest even) into staging buffers and multiply those with fp32 accumulation into
+ * fp32 outputs and gradients (cuBLASLt, CUBLAS_COMPUTE_32F); a bias gradient is summed
+ * from the fp32 dout. Norms, activations, attention, loss, AdamW, the master weights,
+ * moments and gradients stay fp32. The three staging buffers grow to the largest GEMM
+ * operand seen (the first step's shapes) and are then reused: no allocation in the
+ * steady state. Stream order makes the reuse safe (one compute stream). */
+static int g_bf16;
+typedef struct {
+  vlm_bf16 *p;
+  size_t n;
+} bf16_stage;
+static bf16_stage g_stage[3];
+
+static int be_set_bf16(int enabled) {
+  g_bf16 = enabled != 0;
+  return 0;
+}
+
+/* x[n] rounded to bf16 in staging buffer `slot` (0: activations or dout, 1: the second
+ * operand, 2: the third). */
+static const vlm_bf16 *to_bf16(int slot, const float *x, long n) {
+  bf16_stage *s = &g_stage[slot];
+  if ((size_t)n > s->n) {
+    RT_OK(cudaStreamSynchronize(g_ctx.compute)); /* the old buffer's readers are done */
+    if (s->p) RT_OK(cudaFree(s->p));
+    size_t cap = (size_t)n + (size_t)n / 4;
+    cudaError_t e = cudaMalloc((void **)&s->p, cap * sizeof(vlm_bf16));
+    if (e != cudaSuccess) {
+      char what[96];
+      snprintf(what, sizeof what, "bf16 staging buffer of %zu elements (bf16.enabled)", cap);
+      vlm_cuda_die(__FILE__, __LINE__, what, cudaGetErrorString(e));
+    }
+    s->n = cap;
+  }
+  cuda_f32_to_bf16(&g_ctx, g_ctx.compute, s->p, x, n);
+  return s->p;
+}
+
 static void be_linear_forward(float *out, const float *in, const float *W, const float *b, int N,
                               int K, int O) {
-  cuda_linear_forward(CTX, out, in, W, b, N, K, O);
+  if (!g_bf16 || N <= 0 || K <= 0 || O <= 0) {
+    cuda_linear_forward(CTX, out, in, W, b, N, K, O);
+    return;
+  }
+  cuda_linear_forward_bf16(CTX, out, to_bf16(0, in, (long)N * K), to_bf16(1, W, (long)O * K), b,
+                           N, K, O);
 }
 static void be_linear_backward(float *din, float *dW, float *db, const float *dout,
                                const float *in, const float *W, int N, int K, int O) {
-  cuda_linear_backward(CTX, din, dW, db, dout, in, W, N, K, O);
+  if (!g_bf16 || N <= 0 || K <= 0 || O <= 0) {
+    cuda_linear_backward(CTX, din, dW, db, dout, in, W, N, K, O);
+    return;
+  }
+  if (db) cuda_bias_backward(CTX, db, dout, N, O);
+  if (!din && !dW) return;
+  const vlm_bf16 *d16 = to_bf16(0, dout, (long)N * O);
+  cuda_linear_backward_bf16(CTX, din, dW, d16, dW ? to_bf16(1, in, (long)N * K) : NULL,
+                            din ? to_bf16(2, W, (long)O * K) : NULL, N, K, O);
 }
 static void be_matmul_forward(float *out, const float *in, const float *P, int N, int K, int O) {
-  cuda_matmul_forward(CTX, out, in, P, N, K, O);
+  if (!g_bf16 || N <= 0 || K <= 0 || O <= 0) {
+    cuda_matmul_forward(CTX, out, in, P, N, K, O);
+    return;
+  }
+  cuda_matmul_forward_bf16(CTX, out, to_bf16(0, in, (long)N * K), to_bf16(1, P, (long)K * O), N,
+                           K, O);
 }
 static void be_matmul_backward(float *din, float *dP, const float *dout, const float *in,
                                const float *P, int N, int K, int O) {
-  cuda_matmul_backward(CTX, din, dP, dout, in, P, N, K, O);
+  if (!g_bf16 || N <= 0 || K <= 0 || O <= 0) {
+    cuda_matmul_backward(CTX, din, dP, dout, in, P, N, K, O);
+    return;
+  }
+  if (!din && !dP) return;
+  const vlm_bf16 *d16 = to_bf16(0, dout, (long)N * O);
+  cuda_matmul_backward_bf16(CTX, din, dP, d16, dP ? to_bf16(1, in, (long)N * K) : NULL,
+                            din ? to_bf16(2, P, (long)K * O) : NULL, N, K, O);
 }
 static void be_layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                                  const float *w, const float *b, int N, int C, float eps) {
@@ -240,6 +306,7 @@ static const vlm_backend g_table = {
     .copy = be_copy,
     .zero = be_zero,
     .sync = be_sync,
+    .set_bf16 = be_set_bf16,
     .linear_forward = be_linear_forward,
     .linear_backward = be_linear_backward,
     .matmul_forward = be_matmul_forward,
@@ -315,6 +382,12 @@ void vlm_backend_cuda_shutdown(void) {
   RT_OK(cudaStreamSynchronize(g_ctx.compute));
   RT_OK(cudaFree(g_result));
   g_result = NULL;
+  for (int i = 0; i < 3; i++) {
+    if (g_stage[i].p) RT_OK(cudaFree(g_stage[i].p));
+    g_stage[i].p = NULL;
+    g_stage[i].n = 0;
+  }
+  g_bf16 = 0;
   vlm_cuda_ctx_destroy(&g_ctx);
   g_ready = 0;
 }

@@ -19,6 +19,8 @@
  *                        cross-entropy over rows of at most 1024, image ops, AdamW, LoRA);
  *   TOL_ATTN_FWD  2e-5   attention forward;  TOL_ATTN_BWD 1e-4 attention gradients;
  *   TOL_SUMSQ     1e-10  sum of squares (both in double);
+ *   TOL_BF16      2e-2   the GEMM entries after set_bf16(1), against the fp32 CPU kernels
+ *                        (and the error must exceed TOL_F32: the operands were rounded);
  *   exact                memory round trips, valid-row counts, the rows helpers and
  *                        patch_im2col (pure moves, or one CPU expression per element). */
 #include <math.h>
@@ -276,6 +278,60 @@ static void test_dense(int N, int K, int O) {
   G->matmul_backward(d_gin, d_gW, d_g, d_in, d_W, N, K, O);
   cmp("matmul_backward din", d_gin, gin, (size_t)N * K, TOL_F32);
   cmp("matmul_backward dP", d_gW, gW, (size_t)O * K, TOL_F32);
+  free(in), free(W), free(b), free(out), free(g), free(gin), free(gW), free(gb);
+  g_free(d_in), g_free(d_W), g_free(d_b), g_free(d_out), g_free(d_g), g_free(d_gin);
+  g_free(d_gW), g_free(d_gb);
+}
+
+/* bf16.enabled (set_bf16): the GEMM entries round their operands to bf16 and accumulate
+ * in fp32. Against the fp32 CPU kernels the error must be that of bf16 operands (at
+ * most TOL_BF16 relative to the largest value: 8-bit mantissas, K-term fp32 sums) and
+ * must not be zero-ish (above TOL_F32: the operands really were rounded). */
+#define TOL_BF16 2e-2
+static void cmp_bf16(const char *name, const float *d, const float *cpu, size_t n) {
+  float *h = H_FLOATS(n);
+  G->download(h, d, n * sizeof(float));
+  double e = rel_err(h, cpu, n);
+  report(e <= TOL_BF16 && e > TOL_F32, name, e, TOL_BF16);
+  free(h);
+}
+
+static void test_dense_bf16(int N, int K, int O) {
+  report(G->set_bf16 && G->set_bf16(1) == 0, "set_bf16(1)", 0.0, 0.0);
+  float *in = h_rand((size_t)N * K, 1.0f), *W = h_rand((size_t)O * K, 0.5f);
+  float *b = h_rand((size_t)O, 1.0f), *out = H_FLOATS((size_t)N * O);
+  float *d_in = G_DUP(in, (size_t)N * K), *d_W = G_DUP(W, (size_t)O * K), *d_b = G_DUP(b, O);
+  float *d_out = G_FLOATS((size_t)N * O);
+  C->linear_forward(out, in, W, b, N, K, O);
+  G->linear_forward(d_out, d_in, d_W, d_b, N, K, O);
+  cmp_bf16("bf16 linear_forward (+b)", d_out, out, (size_t)N * O);
+  float *g = h_rand((size_t)N * O, 1.0f), *gin = H_FLOATS((size_t)N * K);
+  float *gW = H_FLOATS((size_t)O * K), *gb = H_FLOATS((size_t)O);
+  memset(gin, 0, (size_t)N * K * sizeof(float));
+  memset(gW, 0, (size_t)O * K * sizeof(float));
+  memset(gb, 0, (size_t)O * sizeof(float));
+  float *d_g = G_DUP(g, (size_t)N * O), *d_gin = G_DUP(gin, (size_t)N * K);
+  float *d_gW = G_DUP(gW, (size_t)O * K), *d_gb = G_DUP(gb, O);
+  C->linear_backward(gin, gW, gb, g, in, W, N, K, O);
+  G->linear_backward(d_gin, d_gW, d_gb, d_g, d_in, d_W, N, K, O);
+  cmp_bf16("bf16 linear_backward din", d_gin, gin, (size_t)N * K);
+  cmp_bf16("bf16 linear_backward dW", d_gW, gW, (size_t)O * K);
+  cmp("bf16 linear_backward db (from the fp32 dout)", d_gb, gb, (size_t)O, TOL_F32);
+  C->matmul_forward(out, in, W, N, K, O);
+  G->matmul_forward(d_out, d_in, d_W, N, K, O);
+  cmp_bf16("bf16 matmul_forward", d_out, out, (size_t)N * O);
+  G->zero(d_gin, (long)N * K);
+  G->zero(d_gW, (long)O * K);
+  memset(gin, 0, (size_t)N * K * sizeof(float));
+  memset(gW, 0, (size_t)O * K * sizeof(float));
+  C->matmul_backward(gin, gW, g, in, W, N, K, O);
+  G->matmul_backward(d_gin, d_gW, d_g, d_in, d_W, N, K, O);
+  cmp_bf16("bf16 matmul_backward din", d_gin, gin, (size_t)N * K);
+  cmp_bf16("bf16 matmul_backward dP", d_gW, gW, (size_t)O * K);
+  G->set_bf16(0);
+  G->linear_forward(d_out, d_in, d_W, d_b, N, K, O);
+  C->linear_forward(out, in, W, b, N, K, O);
+  cmp("set_bf16(0): linear_forward back to fp32", d_out, out, (size_t)N * O, TOL_F32);
   free(in), free(W), free(b), free(out), free(g), free(gin), free(gW), free(gb);
   g_free(d_in), g_free(d_W), g_free(d_b), g_free(d_out), g_free(d_g), g_free(d_gin);
   g_free(d_gW), g_free(d_gb);
@@ -612,6 +668,7 @@ int main(int argc, char **argv) {
   test_table();
   test_memory();
   test_dense(37, 67, 45);
+  test_dense_bf16(37, 67, 45);
   test_norms(29, 130);
   test_activations(20011, 13, 77);
   test_rope(21, 3, 32, 24);

@@ -8,9 +8,10 @@
 #      every step's loss and gradient norm, and every final weight, must agree
 #      (tolerances below; step 1's loss is the forward on identical weights, its
 #      gradient norm the backward).
-#   2. bf16 (skipped with --quick): the same run with bf16.enabled on the GPU; the
-#      loss must follow the fp32 run within bf16 tolerance.
-#   3. throughput (skipped with --quick): the small config and the medium config (one
+#   2. bf16: the same run with bf16.enabled on the GPU (GEMM operands in bf16, fp32
+#      accumulation); losses and gradient norms must follow the fp32 CPU run within
+#      bf16 tolerance.
+#   3. throughput (skipped with --quick, as under the emulation): the small config and the medium config (one
 #      ViT block and one LLM block at Monkey's widths, 2048-token samples with a
 #      896 x 896 image, 4 windows + global view), bf16, 8 steps each: tokens/s and
 #      MFU = the trainer's counted FLOP/s over the GPU's bf16 dense peak
@@ -54,10 +55,14 @@ EOF
 }
 
 # Compares two runs: metrics.jsonl losses / grad norms and final weights.
-compare() { # $1 = run A, $2 = run B, $3 = relative tolerance, $4 = label, $5 = weights too (1|0)
-  "$py" - "$1" "$2" "$3" "$4" "$5" <<'EOF'
+# $1 = run A, $2 = run B, $3 = relative tolerance, $4 = label, $5 = weights too (1|0),
+# $6 = smallest largest-loss-difference required (0: none; bf16 must change the losses,
+# or the run did not compute in bf16)
+compare() {
+  "$py" - "$1" "$2" "$3" "$4" "$5" "${6:-0}" <<'EOF'
 import json, struct, sys
 a, b, tol, label, weights = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+min_diff = float(sys.argv[6])
 def metrics(run):
     return [json.loads(l) for l in open(run + "/metrics.jsonl") if '"loss"' in l]
 ma, mb = metrics(a), metrics(b)
@@ -72,6 +77,10 @@ print("%s: %d steps; largest relative difference: loss %.2e, grad_norm %.2e (tol
 print("%s: step 1 loss %.7f vs %.7f, last loss %.7f vs %.7f" % (
     label, ma[0]["loss"], mb[0]["loss"], ma[-1]["loss"], mb[-1]["loss"]))
 ok = ok and worst["loss"] <= tol and worst["grad_norm"] <= tol
+if min_diff > 0:
+    print("%s: the losses must also differ by at least %.0e somewhere (they do%s)"
+          % (label, min_diff, "" if worst["loss"] >= min_diff else " NOT"))
+    ok = ok and worst["loss"] >= min_diff
 if weights:
     def tensors(run):
         with open(run + "/final/model.safetensors", "rb") as f:
@@ -119,19 +128,19 @@ done
 # reductions), so agreement is to fp32 rounding amplified over 20 Adam steps.
 [ "$status" -eq 0 ] && { compare "$work/run-cpu" "$work/run-cuda" 2e-3 "parity fp32" 1 || status=1; }
 
-if [ "$quick" -eq 0 ]; then
-  say "2. bf16: the same 20 steps with bf16.enabled on the GPU"
-  train_json "$work/bf16.json" 20 true 3
-  if "$vlm" train --device cuda --model "$work/tiny" --data "$work/tiny.h5" \
-      --config "$work/bf16.json" --out "$work/run-bf16" >"$work/train-bf16.log" 2>&1; then
-    # bf16 keeps 8 mantissa bits: losses within a few per cent of fp32.
-    compare "$work/run-cpu" "$work/run-bf16" 5e-2 "bf16 vs fp32" 0 || status=1
-  else
-    tail -n 20 "$work/train-bf16.log"
-    echo "model_checks: bf16 run failed"
-    status=1
-  fi
+say "2. bf16: the same 20 steps with bf16.enabled on the GPU"
+train_json "$work/bf16.json" 20 true 3
+if "$vlm" train --device cuda --model "$work/tiny" --data "$work/tiny.h5" \
+    --config "$work/bf16.json" --out "$work/run-bf16" >"$work/train-bf16.log" 2>&1; then
+  # bf16 keeps 8 mantissa bits: losses within a few per cent of fp32.
+  compare "$work/run-cpu" "$work/run-bf16" 5e-2 "bf16 vs fp32" 0 1e-6 || status=1
+else
+  tail -n 20 "$work/train-bf16.log"
+  echo "model_checks: bf16 run failed"
+  status=1
+fi
 
+if [ "$quick" -eq 0 ]; then
   say "3. throughput: small and medium, bf16, 8 steps"
   peak="${VLM_GPU_PEAK_TFLOPS:-}"
   if [ -z "$peak" ]; then
