@@ -1,9 +1,13 @@
 /* app/main.c: the vlmtrain program: starts MPI, dispatches to a subcommand,
  * and turns its result into the exit status (0 success, 1 error, 2 usage). */
+#define _POSIX_C_SOURCE 200809L /* setenv, execv */
 #include <mpi.h>
 #include <omp.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "app/commands.h"
 #include "common/vlm.h"
@@ -26,14 +30,30 @@ static const command COMMANDS[] = {
 };
 static const int N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
 
+/* OpenMP threads that wait at a barrier spin by default (OMP_WAIT_POLICY unset: libgomp
+ * spins for a while before it sleeps). On 2 cores the spinning cost 10-15 % of a `small`
+ * training step (benchmarks/README.md, "OpenMP wait policy"); passive waiting does not.
+ * libgomp reads the variable once, when it is loaded, before main runs; so when the
+ * user has not set it, vlmtrain sets it to passive and executes itself again (same
+ * process, same arguments) before anything else happens. A value the user set is kept. */
+static void default_passive_omp_wait(char **argv) {
+  if (getenv("OMP_WAIT_POLICY")) return;
+  if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  fprintf(stderr, "vlmtrain: warning: cannot re-execute with OMP_WAIT_POLICY=passive (%s); "
+                  "OpenMP threads spin while they wait\n", strerror(errno));
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: vlmtrain COMMAND [OPTIONS]\n\ncommands:\n");
   for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
   fprintf(f, "\n'vlmtrain COMMAND --help' lists a command's options with their defaults.\n"
-             "Run under MPI with mpirun or srun --mpi=pmix; without either it runs as one process.\n");
+             "Run under MPI with mpirun or srun --mpi=pmix; without either it runs as one process.\n"
+             "OMP_WAIT_POLICY defaults to passive (set it to override).\n");
 }
 
 int main(int argc, char **argv) {
+  default_passive_omp_wait(argv);
   if (argc < 2) {
     usage(stderr);
     return 2;
