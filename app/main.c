@@ -30,18 +30,21 @@ static const command COMMANDS[] = {
 };
 static const int N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
 
-/* OpenMP threads that wait at a barrier spin by default (OMP_WAIT_POLICY unset: libgomp
- * spins for a while before it sleeps). On 2 cores the spinning cost 10-15 % of a `small`
- * training step (benchmarks/README.md, "OpenMP wait policy"); passive waiting does not.
- * libgomp reads the variable once, when it is loaded, before main runs; so when the
- * user has not set it, vlmtrain sets it to passive and executes itself again (same
- * process, same arguments) before anything else happens. A value the user set is kept. */
-static void default_passive_omp_wait(char **argv) {
-  if (getenv("OMP_WAIT_POLICY")) return;
-  if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+/* OpenMP threads that wait at a barrier spin first, then sleep. libgomp's default spin
+ * (300,000 iterations when OMP_WAIT_POLICY is unset) cost 10-15 % of a `small` training
+ * step on 2 cores, and far more when another program shares the cores; sleeping at once
+ * (OMP_WAIT_POLICY=passive) fixed that but made the `tiny` step 2-3x slower (its many
+ * short parallel regions then pay a wake-up each). A short spin, GOMP_SPINCOUNT=1000,
+ * was as fast as either on both (benchmarks/README.md, "OpenMP wait policy"). libgomp
+ * reads these variables once, when it is loaded, before main runs; so when the user has
+ * set neither, vlmtrain sets GOMP_SPINCOUNT and executes itself again (same process,
+ * same arguments) before anything else happens. */
+static void default_omp_spin(char **argv) {
+  if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+  if (setenv("GOMP_SPINCOUNT", "1000", 1) != 0) return;
   execv("/proc/self/exe", argv);
-  fprintf(stderr, "vlmtrain: warning: cannot re-execute with OMP_WAIT_POLICY=passive (%s); "
-                  "OpenMP threads spin while they wait\n", strerror(errno));
+  fprintf(stderr, "vlmtrain: warning: cannot re-execute with GOMP_SPINCOUNT=1000 (%s); "
+                  "OpenMP threads keep libgomp's long default spin\n", strerror(errno));
 }
 
 static void usage(FILE *f) {
@@ -49,11 +52,11 @@ static void usage(FILE *f) {
   for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
   fprintf(f, "\n'vlmtrain COMMAND --help' lists a command's options with their defaults.\n"
              "Run under MPI with mpirun or srun --mpi=pmix; without either it runs as one process.\n"
-             "OMP_WAIT_POLICY defaults to passive (set it to override).\n");
+             "GOMP_SPINCOUNT defaults to 1000 unless GOMP_SPINCOUNT or OMP_WAIT_POLICY is set.\n");
 }
 
 int main(int argc, char **argv) {
-  default_passive_omp_wait(argv);
+  default_omp_spin(argv);
   if (argc < 2) {
     usage(stderr);
     return 2;
