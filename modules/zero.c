@@ -9,7 +9,17 @@
  *           [every replicated trainable param]
  * so a module's gather sends one contiguous range, and the cross-replica
  * reduction is two contiguous all-reduces. Every buffer comes from the backend
- * (z->ops) and is copied, zeroed and summed through it. */
+ * (z->ops) and is copied, zeroed and summed through it.
+ *
+ * Collectives: MPI on the buffers themselves when the backend has no collective
+ * entries (the CPU); otherwise, with more than one rank, the backend's all_gather,
+ * reduce_scatter and all_reduce (NCCL on the CUDA backend) on its communicators for
+ * the same shard, replica and world groups. There a prefetch is enqueued on the comm
+ * stream before the current module's kernels and the compute stream waits for its
+ * event only when the module is fetched; gradient reductions are waited for (on the
+ * stream) before their results are added. Host scalars (the gradient norm, the order
+ * check) and checkpoint gathers (from the host mirror) stay on MPI. Byte accounting is
+ * the same on both paths. */
 #include "modules/zero.h"
 
 #include <limits.h>
@@ -32,10 +42,23 @@ typedef struct {
   float *stage, *gwork, *gsend, *grecv;
   MPI_Request req;
   int req_mod;
+  int coll;                    /* 1: collectives through the backend table (see above) */
+  void *ev_gather, *ev_reduce; /* the backend's events of the gather and the reductions */
   zero_stats st;
 } zimpl;
 
 #define IMPL(z) ((zimpl *)(z)->impl)
+
+/* A backend collective that failed: its message is printed; say where, stop every rank
+ * (the MPI path's errors abort the same way, through MPI's default handler). */
+static void coll_ok(const zero_state *z, int rc, const char *what, const char *file, int line) {
+  if (rc == 0) return;
+  vlm_trace_at(file, line, "zero", what);
+  fprintf(stderr, "vlmtrain: error (rank %d): a ZeRO-3 collective of the %s backend failed; "
+          "aborting\n", z->comm->rank, z->ops->name);
+  MPI_Abort(z->comm->world, 3);
+}
+#define COLL_OK(z, call) coll_ok((z), (call), #call, __FILE__, __LINE__)
 
 /* ---- communicators ----------------------------------------------------- */
 
@@ -106,9 +129,9 @@ int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, regis
                       long threshold, long max_live, int replicate_frozen) {
   memset(z, 0, sizeof *z);
   z->ops = ops;
-  if (ops->on_device && c->size > 1)
-    VLM_FAIL("--device %s with more than one rank (%d here) needs the NCCL path: not yet "
-             "implemented (run one rank)", ops->name, c->size);
+  if (ops->on_device && c->size > 1 && !ops->all_gather)
+    VLM_FAIL("--device %s with more than one rank (%d here) needs collectives in the backend "
+             "table, which this one lacks (run one rank)", ops->name, c->size);
   z->comm = c;
   z->reg = reg;
   z->threshold = threshold;
@@ -121,6 +144,13 @@ int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, regis
   im->n_mod = nm;
   im->req = MPI_REQUEST_NULL;
   im->req_mod = -1;
+  im->coll = ops->all_gather != NULL && c->size > 1;
+  if (im->coll) {
+    VLM_CHECK(ops->coll_init(&c->shard, &c->replica, &c->world));
+    im->ev_gather = ops->coll_event_create();
+    im->ev_reduce = ops->coll_event_create();
+    if (!im->ev_gather || !im->ev_reduce) VLM_FAIL("cannot create the collectives' events");
+  }
   im->mod_full = calloc((size_t)nm, sizeof(long));
   im->mod_pack = calloc((size_t)nm, sizeof(long));
   im->mod_pack_off = calloc((size_t)nm, sizeof(long));
@@ -231,6 +261,11 @@ void zero_free(zero_state *z) {
   const vlm_backend *ops = z->ops ? z->ops : vlm_backend_cpu();
   if (im) {
     if (im->req != MPI_REQUEST_NULL) MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+    if (im->coll) { /* waits for the comm stream, so no collective still uses a buffer */
+      ops->coll_free();
+      ops->coll_event_destroy(im->ev_gather);
+      ops->coll_event_destroy(im->ev_reduce);
+    }
     for (int s = 0; s < im->n_slots && im->slot; s++) bfree(ops, im->slot[s]);
     free(im->slot);
     free(im->slot_mod);
@@ -311,7 +346,10 @@ static void finish_request(zero_state *z) {
   if (im->req_mod < 0) return;
   double t0 = vlm_now();
   rt_watchdog_arm_of("allgather of module", z->reg->modules[im->req_mod].name);
-  MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+  if (im->coll)
+    COLL_OK(z, z->ops->coll_wait(im->ev_gather)); /* the compute stream waits, not the host */
+  else
+    MPI_Wait(&im->req, MPI_STATUS_IGNORE);
   rt_watchdog_disarm();
   im->st.t_gather_wait += vlm_now() - t0;
   int k = im->req_mod;
@@ -321,7 +359,7 @@ static void finish_request(zero_state *z) {
 
 void zero_progress(zero_state *z) {
   zimpl *im = IMPL(z);
-  if (!im || im->req_mod < 0) return;
+  if (!im || im->req_mod < 0 || im->coll) return; /* streams need no host progress */
   int done = 0;
   MPI_Test(&im->req, &done, MPI_STATUS_IGNORE);
   if (done) {
@@ -354,8 +392,14 @@ void zero_fetch(zero_state *z, int k) {
   }
   double t0 = vlm_now();
   rt_watchdog_arm_of("allgather of module", z->reg->modules[k].name);
-  MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
-                (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
+  if (im->coll) {
+    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, z->params + im->mod_pack_off[k], im->stage,
+                                  (size_t)im->mod_pack[k], VLM_COLL_F32, im->ev_gather));
+    COLL_OK(z, z->ops->coll_wait(im->ev_gather));
+  } else {
+    MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
+                  (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
+  }
   rt_watchdog_disarm();
   im->st.t_gather_wait += vlm_now() - t0;
   count_gather(z, k);
@@ -368,8 +412,12 @@ void zero_prefetch(zero_state *z, int k) {
     return;
   check_order(z, k);
   if (take_slot(im, k) < 0) return; /* live bound reached: gather when needed */
-  MPI_Iallgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
-                 (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard, &im->req);
+  if (im->coll) /* on the comm stream, after the kernels enqueued so far */
+    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, z->params + im->mod_pack_off[k], im->stage,
+                                  (size_t)im->mod_pack[k], VLM_COLL_F32, im->ev_gather));
+  else
+    MPI_Iallgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
+                   (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard, &im->req);
   im->req_mod = k;
   im->mod_state[k] = 1;
   count_gather(z, k);
@@ -428,7 +476,13 @@ void zero_grad_end(zero_state *z, int k) {
     }
     double t0 = vlm_now();
     rt_watchdog_arm_of("reduce-scatter of module", m->name);
-    MPI_Reduce_scatter_block(im->gsend, im->grecv, (int)G, MPI_FLOAT, MPI_SUM, z->comm->shard);
+    if (im->coll) {
+      COLL_OK(z, z->ops->reduce_scatter(VLM_GROUP_SHARD, im->gsend, im->grecv, (size_t)G,
+                                        VLM_COLL_F32, im->ev_reduce));
+      COLL_OK(z, z->ops->coll_wait(im->ev_reduce)); /* before add_into reads grecv */
+    } else {
+      MPI_Reduce_scatter_block(im->gsend, im->grecv, (int)G, MPI_FLOAT, MPI_SUM, z->comm->shard);
+    }
     rt_watchdog_disarm();
     im->st.t_reduce += vlm_now() - t0;
     im->st.n_reduce_scatter++;
@@ -438,17 +492,29 @@ void zero_grad_end(zero_state *z, int k) {
   for (int i = m->first; i < m->first + m->count; i++) im->full_g[i] = NULL;
 }
 
+/* Sums x[n] over group g (comm: its MPI communicator) in place. */
+static void reduce_grads_over(zero_state *z, float *x, long n, vlm_group g, MPI_Comm comm) {
+  zimpl *im = IMPL(z);
+  if (!im->coll) {
+    allreduce_floats(x, n, comm);
+    return;
+  }
+  COLL_OK(z, z->ops->all_reduce(g, x, x, (size_t)n, VLM_COLL_F32, im->ev_reduce));
+  COLL_OK(z, z->ops->coll_wait(im->ev_reduce));
+}
+
 void zero_reduce_grads(zero_state *z) {
   zimpl *im = IMPL(z);
   double t0 = vlm_now();
   rt_watchdog_arm("all-reduce of the gradients");
   if (z->comm->R > 1 && im->shard_grad_n > 0) {
-    allreduce_floats(z->grads, im->shard_grad_n, z->comm->replica);
+    reduce_grads_over(z, z->grads, im->shard_grad_n, VLM_GROUP_REPLICA, z->comm->replica);
     im->st.n_allreduce++;
     im->st.bytes_allreduce += 2.0 * im->shard_grad_n * sizeof(float);
   }
   if (z->comm->size > 1 && im->repl_grad_n > 0) {
-    allreduce_floats(z->grads + im->repl_grad_off, im->repl_grad_n, z->comm->world);
+    reduce_grads_over(z, z->grads + im->repl_grad_off, im->repl_grad_n, VLM_GROUP_WORLD,
+                      z->comm->world);
     im->st.n_allreduce++;
     im->st.bytes_allreduce += 2.0 * im->repl_grad_n * sizeof(float);
   }
@@ -474,6 +540,7 @@ int zero_gather_to_root(zero_state *z) {
   MPI_Bcast(&fail, 1, MPI_INT, 0, c->world);
   if (fail) VLM_FAIL("cannot allocate the full parameters on rank 0");
   if (c->r != 0) return 0; /* replica 0 holds everything needed */
+  zero_params_to_host(z); /* MPI reads the host mirror (the shards themselves on the CPU) */
   float *buf = NULL;
   long max_chunk = 0;
   for (int i = 0; i < reg->n; i++)
@@ -488,10 +555,10 @@ int zero_gather_to_root(zero_state *z) {
     const shard_info *sh = &z->sh[i];
     float *dst = c->s == 0 ? reg->params + reg->p[i].offset : NULL;
     if (!sh->sharded) {
-      if (c->s == 0) z->ops->download(dst, z->params + sh->off, (size_t)reg->p[i].numel * sizeof(float));
+      if (c->s == 0) memcpy(dst, z->hparams + sh->off, (size_t)reg->p[i].numel * sizeof(float));
       continue;
     }
-    MPI_Gather(z->params + sh->off, (int)sh->chunk, MPI_FLOAT, buf, (int)sh->chunk, MPI_FLOAT, 0,
+    MPI_Gather(z->hparams + sh->off, (int)sh->chunk, MPI_FLOAT, buf, (int)sh->chunk, MPI_FLOAT, 0,
                c->shard);
     if (c->s == 0) memcpy(dst, buf, (size_t)reg->p[i].numel * sizeof(float));
   }

@@ -14,8 +14,9 @@
  * Memory: every buffer comes from the backend (kernels/backend.h) and is touched
  * through it. With a device backend (on_device) the shards live in device
  * memory; the I/O range functions below then point into a host mirror of the
- * parameter shards, which zero_params_to_host / zero_params_to_device copy. A
- * device backend needs a world of one rank (the NCCL path is not implemented). */
+ * parameter shards, which zero_params_to_host / zero_params_to_device copy.
+ * With more than one rank, a backend with collective entries (the CUDA one:
+ * NCCL) runs the gathers and gradient reductions itself; the CPU uses MPI. */
 #ifndef VLM_MODULES_ZERO_H
 #define VLM_MODULES_ZERO_H
 
