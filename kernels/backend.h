@@ -157,6 +157,10 @@ typedef struct vlm_backend {
   int (*all_reduce)(vlm_group g, const void *send, void *recv, size_t count, vlm_coll_type t,
                     void *done);
   int (*coll_wait)(void *done);
+  /* For bf16 collectives, on the compute stream: dst[n] = src[n] rounded to bf16
+   * (nearest even), and back (exact). Backend memory; bf16 buffers are 2 bytes a value. */
+  void (*to_bf16)(void *dst, const float *src, long n);
+  void (*from_bf16)(float *dst, const void *src, long n);
 } vlm_backend;
 
 /* The CPU backend (always built). */

@@ -44,6 +44,10 @@ typedef struct {
   int req_mod;
   int coll;                    /* 1: collectives through the backend table (see above) */
   void *ev_gather, *ev_reduce; /* the backend's events of the gather and the reductions */
+  int gather16, reduce16;      /* bf16 gathers / gradient reductions (zero_set_comm_types) */
+  void *send16, *stage16;      /* bf16 gather send (max_pack) and receive (S x max_pack) */
+  void *red16, *grecv16;       /* bf16 reduction buffer and reduce-scatter receive */
+  size_t bytes16;              /* their total size */
   zero_stats st;
 } zimpl;
 
@@ -263,6 +267,10 @@ void zero_free(zero_state *z) {
     if (im->req != MPI_REQUEST_NULL) MPI_Wait(&im->req, MPI_STATUS_IGNORE);
     if (im->coll) { /* waits for the comm stream, so no collective still uses a buffer */
       ops->coll_free();
+      bfree(ops, im->send16);
+      bfree(ops, im->stage16);
+      bfree(ops, im->red16);
+      bfree(ops, im->grecv16);
       ops->coll_event_destroy(im->ev_gather);
       ops->coll_event_destroy(im->ev_reduce);
     }
@@ -341,13 +349,36 @@ static void unpack(zero_state *z, int k) {
   im->mod_state[k] = 2;
 }
 
+/* Enqueues module k's gather through the backend (on its comm stream), in bf16 when
+ * gather16: the shard is rounded to bf16 on the compute stream first. */
+static void gather_enqueue(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  const float *send = z->params + im->mod_pack_off[k];
+  const size_t P = (size_t)im->mod_pack[k];
+  if (im->gather16) {
+    z->ops->to_bf16(im->send16, send, (long)P);
+    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, im->send16, im->stage16, P, VLM_COLL_BF16,
+                                  im->ev_gather));
+  } else {
+    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, send, im->stage, P, VLM_COLL_F32,
+                                  im->ev_gather));
+  }
+}
+
+/* The compute stream waits for module k's gather; bf16 data is widened into stage. */
+static void gather_land(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  COLL_OK(z, z->ops->coll_wait(im->ev_gather));
+  if (im->gather16) z->ops->from_bf16(im->stage, im->stage16, (long)z->comm->S * im->mod_pack[k]);
+}
+
 static void finish_request(zero_state *z) {
   zimpl *im = IMPL(z);
   if (im->req_mod < 0) return;
   double t0 = vlm_now();
   rt_watchdog_arm_of("allgather of module", z->reg->modules[im->req_mod].name);
   if (im->coll)
-    COLL_OK(z, z->ops->coll_wait(im->ev_gather)); /* the compute stream waits, not the host */
+    gather_land(z, im->req_mod); /* the compute stream waits, not the host */
   else
     MPI_Wait(&im->req, MPI_STATUS_IGNORE);
   rt_watchdog_disarm();
@@ -372,7 +403,7 @@ void zero_progress(zero_state *z) {
 static void count_gather(zero_state *z, int k) {
   zimpl *im = IMPL(z);
   im->st.n_allgather++;
-  im->st.bytes_allgather += (double)im->mod_pack[k] * z->comm->S * sizeof(float);
+  im->st.bytes_allgather += (double)im->mod_pack[k] * z->comm->S * (im->gather16 ? 2 : sizeof(float));
 }
 
 void zero_fetch(zero_state *z, int k) {
@@ -393,9 +424,8 @@ void zero_fetch(zero_state *z, int k) {
   double t0 = vlm_now();
   rt_watchdog_arm_of("allgather of module", z->reg->modules[k].name);
   if (im->coll) {
-    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, z->params + im->mod_pack_off[k], im->stage,
-                                  (size_t)im->mod_pack[k], VLM_COLL_F32, im->ev_gather));
-    COLL_OK(z, z->ops->coll_wait(im->ev_gather));
+    gather_enqueue(z, k);
+    gather_land(z, k);
   } else {
     MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
                   (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
@@ -413,8 +443,7 @@ void zero_prefetch(zero_state *z, int k) {
   check_order(z, k);
   if (take_slot(im, k) < 0) return; /* live bound reached: gather when needed */
   if (im->coll) /* on the comm stream, after the kernels enqueued so far */
-    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, z->params + im->mod_pack_off[k], im->stage,
-                                  (size_t)im->mod_pack[k], VLM_COLL_F32, im->ev_gather));
+    gather_enqueue(z, k);
   else
     MPI_Iallgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
                    (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard, &im->req);
@@ -476,7 +505,13 @@ void zero_grad_end(zero_state *z, int k) {
     }
     double t0 = vlm_now();
     rt_watchdog_arm_of("reduce-scatter of module", m->name);
-    if (im->coll) {
+    if (im->coll && im->reduce16) {
+      z->ops->to_bf16(im->red16, im->gsend, (long)S * G);
+      COLL_OK(z, z->ops->reduce_scatter(VLM_GROUP_SHARD, im->red16, im->grecv16, (size_t)G,
+                                        VLM_COLL_BF16, im->ev_reduce));
+      COLL_OK(z, z->ops->coll_wait(im->ev_reduce));
+      z->ops->from_bf16(im->grecv, im->grecv16, G);
+    } else if (im->coll) {
       COLL_OK(z, z->ops->reduce_scatter(VLM_GROUP_SHARD, im->gsend, im->grecv, (size_t)G,
                                         VLM_COLL_F32, im->ev_reduce));
       COLL_OK(z, z->ops->coll_wait(im->ev_reduce)); /* before add_into reads grecv */
@@ -486,7 +521,7 @@ void zero_grad_end(zero_state *z, int k) {
     rt_watchdog_disarm();
     im->st.t_reduce += vlm_now() - t0;
     im->st.n_reduce_scatter++;
-    im->st.bytes_reduce_scatter += (double)G * S * sizeof(float);
+    im->st.bytes_reduce_scatter += (double)G * S * (im->reduce16 ? 2 : sizeof(float));
     z->ops->add_into(z->grads + im->mod_gpack_off[k], im->grecv, G);
   }
   for (int i = m->first; i < m->first + m->count; i++) im->full_g[i] = NULL;
@@ -497,6 +532,13 @@ static void reduce_grads_over(zero_state *z, float *x, long n, vlm_group g, MPI_
   zimpl *im = IMPL(z);
   if (!im->coll) {
     allreduce_floats(x, n, comm);
+    return;
+  }
+  if (im->reduce16) {
+    z->ops->to_bf16(im->red16, x, n);
+    COLL_OK(z, z->ops->all_reduce(g, im->red16, im->red16, (size_t)n, VLM_COLL_BF16, im->ev_reduce));
+    COLL_OK(z, z->ops->coll_wait(im->ev_reduce));
+    z->ops->from_bf16(x, im->red16, n);
     return;
   }
   COLL_OK(z, z->ops->all_reduce(g, x, x, (size_t)n, VLM_COLL_F32, im->ev_reduce));
@@ -510,13 +552,13 @@ void zero_reduce_grads(zero_state *z) {
   if (z->comm->R > 1 && im->shard_grad_n > 0) {
     reduce_grads_over(z, z->grads, im->shard_grad_n, VLM_GROUP_REPLICA, z->comm->replica);
     im->st.n_allreduce++;
-    im->st.bytes_allreduce += 2.0 * im->shard_grad_n * sizeof(float);
+    im->st.bytes_allreduce += 2.0 * im->shard_grad_n * (im->reduce16 ? 2 : sizeof(float));
   }
   if (z->comm->size > 1 && im->repl_grad_n > 0) {
     reduce_grads_over(z, z->grads + im->repl_grad_off, im->repl_grad_n, VLM_GROUP_WORLD,
                       z->comm->world);
     im->st.n_allreduce++;
-    im->st.bytes_allreduce += 2.0 * im->repl_grad_n * sizeof(float);
+    im->st.bytes_allreduce += 2.0 * im->repl_grad_n * (im->reduce16 ? 2 : sizeof(float));
   }
   rt_watchdog_disarm();
   im->st.t_reduce += vlm_now() - t0;
@@ -613,6 +655,39 @@ float *zero_local_grad_range(const zero_state *z, float *base, int idx, long *lo
   return sh->goff < 0 ? NULL : base + sh->goff;
 }
 
+/* bytes of zeroed backend memory (at least 2), NULL on failure */
+static void *balloc_bytes(const vlm_backend *ops, size_t bytes, const char *what) {
+  if (bytes < 2) bytes = 2;
+  float *p = balloc(ops, (long)((bytes + sizeof(float) - 1) / sizeof(float)), what);
+  return p;
+}
+
+int zero_set_comm_types(zero_state *z, int gather_bf16, int reduce_bf16) {
+  zimpl *im = IMPL(z);
+  if (!im->coll) return 0; /* MPI path or one rank: fp32, as before */
+  if (!z->ops->to_bf16 || !z->ops->from_bf16)
+    VLM_FAIL("the %s backend has collectives but no bf16 conversions", z->ops->name);
+  const size_t S = (size_t)z->comm->S;
+  if (gather_bf16 && !im->gather16 && im->max_pack > 0) {
+    im->send16 = balloc_bytes(z->ops, (size_t)im->max_pack * 2, "bf16 gather send buffer");
+    im->stage16 = balloc_bytes(z->ops, S * (size_t)im->max_pack * 2, "bf16 gather staging");
+    if (!im->send16 || !im->stage16) VLM_FAIL("cannot allocate the bf16 gather buffers");
+    im->bytes16 += (1 + S) * (size_t)im->max_pack * 2;
+  }
+  im->gather16 = gather_bf16 != 0;
+  if (reduce_bf16 && !im->reduce16) {
+    long n = (long)S * im->max_gpack;
+    if (im->shard_grad_n > n) n = im->shard_grad_n;
+    if (im->repl_grad_n > n) n = im->repl_grad_n;
+    im->red16 = balloc_bytes(z->ops, (size_t)n * 2, "bf16 gradient reduction buffer");
+    im->grecv16 = balloc_bytes(z->ops, (size_t)im->max_gpack * 2, "bf16 reduce-scatter receive");
+    if (!im->red16 || !im->grecv16) VLM_FAIL("cannot allocate the bf16 reduction buffers");
+    im->bytes16 += (size_t)(n + im->max_gpack) * 2;
+  }
+  im->reduce16 = reduce_bf16 != 0;
+  return 0;
+}
+
 void zero_get_stats(const zero_state *z, zero_stats *st) { *st = IMPL(z)->st; }
 void zero_reset_stats(zero_state *z) { memset(&IMPL(z)->st, 0, sizeof IMPL(z)->st); }
 
@@ -620,5 +695,5 @@ size_t zero_buffer_bytes(const zero_state *z) {
   const zimpl *im = IMPL(z);
   size_t n = (size_t)im->n_slots * im->max_full + (size_t)z->comm->S * im->max_pack;
   if (im->max_gpack > 0) n += (size_t)im->max_full + (size_t)(z->comm->S + 1) * im->max_gpack;
-  return n * sizeof(float);
+  return n * sizeof(float) + im->bytes16;
 }

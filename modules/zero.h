@@ -116,6 +116,14 @@ typedef struct {
   long n_allgather, n_reduce_scatter, n_allreduce;
 } zero_stats;
 void zero_get_stats(const zero_state *z, zero_stats *st);
+/* Collective precisions where the backend runs the collectives (the CUDA one, more
+ * than one rank): gather_bf16 sends the module gathers as bf16 (fp32 shard -> bf16 ->
+ * all-gather -> fp32 gathered weights, half the bytes; bf16.enabled); reduce_bf16 sums
+ * the gradients (reduce-scatter and replica / world all-reduces) in bf16
+ * (communication_data_type "bf16"). Byte counts follow. Elsewhere (the MPI path, or
+ * one rank) nothing changes and this returns 0 too. Call after zero_init_backend,
+ * before the first gather. */
+int zero_set_comm_types(zero_state *z, int gather_bf16, int reduce_bf16);
 /* Bytes of the gather and reduce-scatter buffers (the live-gather bound). */
 size_t zero_buffer_bytes(const zero_state *z);
 void zero_reset_stats(zero_state *z);

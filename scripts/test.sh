@@ -37,7 +37,7 @@ echo "== vlmtrain built whole with the emulated CUDA backend: --device cuda agai
 bash "$here/tests/gpu/emu/build_vlmtrain.sh" "$here/build-emu-vlmtrain"
 # 1 rank, then ZeRO-3 on 2 ranks (--device cuda through the emulated NCCL) against the CPU
 VLM_EMU_DEVICES=2 VLM_CHECK_RANKS=2 bash "$here/tests/gpu/model_checks.sh" \
-  "$here/build-emu-vlmtrain/vlmtrain" "$here/build-emu-vlmtrain" --quick | grep -E "parity|model_checks"
+  "$here/build-emu-vlmtrain/vlmtrain" "$here/build-emu-vlmtrain" --quick | grep -E "parity|bf16|model_checks"
 echo "== build (AddressSanitizer + UBSan) =="
 bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
 echo "== tests under AddressSanitizer + UBSan =="

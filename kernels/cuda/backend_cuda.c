@@ -368,6 +368,14 @@ static int be_coll_wait(void *done) {
   return 0;
 }
 
+static void be_to_bf16(void *dst, const float *src, long n) {
+  cuda_f32_to_bf16(&g_ctx, g_ctx.compute, (vlm_bf16 *)dst, src, n);
+}
+
+static void be_from_bf16(float *dst, const void *src, long n) {
+  cuda_bf16_to_f32(&g_ctx, g_ctx.compute, dst, (const vlm_bf16 *)src, n);
+}
+
 static const vlm_backend g_table = {
     .name = "cuda",
     .on_device = 1,
@@ -423,6 +431,8 @@ static const vlm_backend g_table = {
     .reduce_scatter = be_reduce_scatter,
     .all_reduce = be_all_reduce,
     .coll_wait = be_coll_wait,
+    .to_bf16 = be_to_bf16,
+    .from_bf16 = be_from_bf16,
 };
 
 /* ---- set-up ------------------------------------------------------------------------- */
