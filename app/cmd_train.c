@@ -271,6 +271,12 @@ int cmd_train(int argc, char **argv) {
   VLM_CHECK_GOTO(zero_init_backend(&z, ops, &comms, &r, t.persistence_threshold,
                                    t.max_live_parameters, t.replicate_frozen), done);
   z_made = 1;
+  /* bf16 gathers with bf16.enabled, bf16 gradient sums with communication_data_type
+   * "bf16", where the backend runs the collectives (CUDA: NCCL) */
+  if (t.comm_bf16 && !ops->all_gather)
+    vlm_warn("communication_data_type \"bf16\": the %s backend reduces gradients in fp32\n",
+             ops->name);
+  VLM_CHECK_GOTO(zero_set_comm_types(&z, t.bf16 && ops->set_bf16 != NULL, t.comm_bf16), done);
   weights_load_stats ws;
   memset(&ws, 0, sizeof ws);
   if (model_is_h5) {

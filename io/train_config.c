@@ -80,6 +80,7 @@ static const key_spec KEYS[] = {
     {"zero_optimization.replicate_frozen", K_BOOL, 0, F(replicate_frozen), 0, 1},
     {"bf16", K_OBJ, 1, NOF, 0, 0},
     {"bf16.enabled", K_BOOL, 1, F(bf16), 0, 1},
+    {"communication_data_type", K_SPECIAL, 1, NOF, 0, 0},
     /* vlmtrain keys */
     {"train_steps", K_LONG, 0, F(train_steps), 1, BIG},
     {"seed", K_LONG, 0, F(seed), 0, BIG},
@@ -103,7 +104,7 @@ static const key_spec KEYS[] = {
 /* DeepSpeed keys vlmtrain accepts and ignores (with a warning naming them). */
 static const char *const DS_UNUSED[] = {
     "fp16", "amp", "wall_clock_breakdown", "memory_breakdown", "zero_allow_untested_optimizer",
-    "zero_force_ds_cpu_optimizer", "prescale_gradients", "communication_data_type",
+    "zero_force_ds_cpu_optimizer", "prescale_gradients",
     "seq_parallel_communication_data_type", "gradient_predivide_factor", "sparse_gradients",
     "dump_state", "flops_profiler", "activation_checkpointing", "tensorboard", "wandb",
     "csv_monitor", "comet", "comms_logger", "monitor_config", "checkpoint.tag_validation",
@@ -561,6 +562,15 @@ static int read_values(train_config *t, const cJSON *root, const char *what) {
     VLM_FAIL("%s: \"scheduler.params\" gives both \"warmup_num_steps\" and \"warmup_ratio\": give "
              "one",
              what);
+  v = get_path(root, "communication_data_type");
+  if (v && !is_auto(v)) {
+    char type[32];
+    VLM_CHECK(get_string(v, what, "communication_data_type", type, sizeof type));
+    if (strcmp(type, "fp32") != 0 && strcmp(type, "bf16") != 0)
+      VLM_FAIL("%s: key \"communication_data_type\": \"%s\" is not \"fp32\" or \"bf16\"", what,
+               type);
+    t->comm_bf16 = strcmp(type, "bf16") == 0;
+  }
   v = get_path(root, "data.read_mode");
   if (v) {
     char mode[32];

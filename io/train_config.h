@@ -40,6 +40,8 @@ typedef struct {
   long max_live_parameters;   /* zero_optimization.stage3_max_live_parameters (1e9) */
   int replicate_frozen;    /* zero_optimization.replicate_frozen (ours; default false) */
   int bf16;                /* bf16.enabled (default false; the CPU path computes in fp32) */
+  int comm_bf16;           /* communication_data_type: 1 = "bf16", 0 = "fp32" (default); the
+                            * gradient reductions' type on the NCCL path (the CPU: fp32) */
   /* vlmtrain keys */
   long train_steps;        /* "train_steps": optimizer steps (default 100) */
   long seed;               /* "seed" (default 42): LoRA init of absent adapters, dropout */

@@ -29,6 +29,10 @@
 
 #include "kernels/kernels.h"
 
+/* The communication groups of modules/zero.h's grid, and element types of collectives. */
+typedef enum { VLM_GROUP_SHARD = 0, VLM_GROUP_REPLICA = 1, VLM_GROUP_WORLD = 2 } vlm_group;
+typedef enum { VLM_COLL_F32 = 0, VLM_COLL_BF16 = 1 } vlm_coll_type;
+
 typedef struct vlm_backend {
   const char *name;  /* "cpu" or "cuda" */
   int on_device;     /* 1: tensors live in device memory */
@@ -126,6 +130,37 @@ typedef struct vlm_backend {
    * normalisation; px in backend memory, mean and std host arrays) */
   void (*image_normalize)(float *out, const unsigned char *px, long n_pixels, const float mean[3],
                           const float std[3]);
+
+  /* ---- collectives between ranks (optional) ----
+   * NULL on a backend whose memory MPI reads directly (the CPU): modules/zero.c then
+   * calls MPI itself. The CUDA table runs them through NCCL on its comm stream
+   * (kernels/cuda/nccl_comm.h): each collective is ordered after every kernel enqueued
+   * so far on the compute stream, records `done` (an event from coll_event_create, or
+   * NULL) when it has finished, and coll_wait(done) makes the compute stream wait for
+   * it without blocking the host. Buffers are backend memory; sums are in the buffer's
+   * type. Every entry returns 0, or -1 with a VLM_FAIL message. */
+  /* Creates the communicators matching the MPI communicators *shard, *replica and
+   * *world (each points to an MPI_Comm; MPI_COMM_NULL: that group is not used).
+   * Pointers keep mpi.h out of this header. Collective over world; once per process
+   * until coll_free. */
+  int (*coll_init)(const void *shard, const void *replica, const void *world);
+  void (*coll_free)(void); /* waits for the comm stream; a no-op before coll_init */
+  void *(*coll_event_create)(void); /* NULL with a VLM_FAIL message on failure */
+  void (*coll_event_destroy)(void *ev);
+  /* recv[size * count] = every rank's send[count], in rank order */
+  int (*all_gather)(vlm_group g, const void *send, void *recv, size_t count, vlm_coll_type t,
+                    void *done);
+  /* recv[recvcount] = sum over ranks of send[rank * recvcount ...] */
+  int (*reduce_scatter)(vlm_group g, const void *send, void *recv, size_t recvcount, vlm_coll_type t,
+                        void *done);
+  /* recv[count] = sum over ranks of send[count] (send may equal recv) */
+  int (*all_reduce)(vlm_group g, const void *send, void *recv, size_t count, vlm_coll_type t,
+                    void *done);
+  int (*coll_wait)(void *done);
+  /* For bf16 collectives, on the compute stream: dst[n] = src[n] rounded to bf16
+   * (nearest even), and back (exact). Backend memory; bf16 buffers are 2 bytes a value. */
+  void (*to_bf16)(void *dst, const float *src, long n);
+  void (*from_bf16)(float *dst, const void *src, long n);
 } vlm_backend;
 
 /* The CPU backend (always built). */

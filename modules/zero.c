@@ -9,7 +9,17 @@
  *           [every replicated trainable param]
  * so a module's gather sends one contiguous range, and the cross-replica
  * reduction is two contiguous all-reduces. Every buffer comes from the backend
- * (z->ops) and is copied, zeroed and summed through it. */
+ * (z->ops) and is copied, zeroed and summed through it.
+ *
+ * Collectives: MPI on the buffers themselves when the backend has no collective
+ * entries (the CPU); otherwise, with more than one rank, the backend's all_gather,
+ * reduce_scatter and all_reduce (NCCL on the CUDA backend) on its communicators for
+ * the same shard, replica and world groups. There a prefetch is enqueued on the comm
+ * stream before the current module's kernels and the compute stream waits for its
+ * event only when the module is fetched; gradient reductions are waited for (on the
+ * stream) before their results are added. Host scalars (the gradient norm, the order
+ * check) and checkpoint gathers (from the host mirror) stay on MPI. Byte accounting is
+ * the same on both paths. */
 #include "modules/zero.h"
 
 #include <limits.h>
@@ -32,10 +42,27 @@ typedef struct {
   float *stage, *gwork, *gsend, *grecv;
   MPI_Request req;
   int req_mod;
+  int coll;                    /* 1: collectives through the backend table (see above) */
+  void *ev_gather, *ev_reduce; /* the backend's events of the gather and the reductions */
+  int gather16, reduce16;      /* bf16 gathers / gradient reductions (zero_set_comm_types) */
+  void *send16, *stage16;      /* bf16 gather send (max_pack) and receive (S x max_pack) */
+  void *red16, *grecv16;       /* bf16 reduction buffer and reduce-scatter receive */
+  size_t bytes16;              /* their total size */
   zero_stats st;
 } zimpl;
 
 #define IMPL(z) ((zimpl *)(z)->impl)
+
+/* A backend collective that failed: its message is printed; say where, stop every rank
+ * (the MPI path's errors abort the same way, through MPI's default handler). */
+static void coll_ok(const zero_state *z, int rc, const char *what, const char *file, int line) {
+  if (rc == 0) return;
+  vlm_trace_at(file, line, "zero", what);
+  fprintf(stderr, "vlmtrain: error (rank %d): a ZeRO-3 collective of the %s backend failed; "
+          "aborting\n", z->comm->rank, z->ops->name);
+  MPI_Abort(z->comm->world, 3);
+}
+#define COLL_OK(z, call) coll_ok((z), (call), #call, __FILE__, __LINE__)
 
 /* ---- communicators ----------------------------------------------------- */
 
@@ -106,9 +133,9 @@ int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, regis
                       long threshold, long max_live, int replicate_frozen) {
   memset(z, 0, sizeof *z);
   z->ops = ops;
-  if (ops->on_device && c->size > 1)
-    VLM_FAIL("--device %s with more than one rank (%d here) needs the NCCL path: not yet "
-             "implemented (run one rank)", ops->name, c->size);
+  if (ops->on_device && c->size > 1 && !ops->all_gather)
+    VLM_FAIL("--device %s with more than one rank (%d here) needs collectives in the backend "
+             "table, which this one lacks (run one rank)", ops->name, c->size);
   z->comm = c;
   z->reg = reg;
   z->threshold = threshold;
@@ -121,6 +148,13 @@ int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, regis
   im->n_mod = nm;
   im->req = MPI_REQUEST_NULL;
   im->req_mod = -1;
+  im->coll = ops->all_gather != NULL && c->size > 1;
+  if (im->coll) {
+    VLM_CHECK(ops->coll_init(&c->shard, &c->replica, &c->world));
+    im->ev_gather = ops->coll_event_create();
+    im->ev_reduce = ops->coll_event_create();
+    if (!im->ev_gather || !im->ev_reduce) VLM_FAIL("cannot create the collectives' events");
+  }
   im->mod_full = calloc((size_t)nm, sizeof(long));
   im->mod_pack = calloc((size_t)nm, sizeof(long));
   im->mod_pack_off = calloc((size_t)nm, sizeof(long));
@@ -231,6 +265,15 @@ void zero_free(zero_state *z) {
   const vlm_backend *ops = z->ops ? z->ops : vlm_backend_cpu();
   if (im) {
     if (im->req != MPI_REQUEST_NULL) MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+    if (im->coll) { /* waits for the comm stream, so no collective still uses a buffer */
+      ops->coll_free();
+      bfree(ops, im->send16);
+      bfree(ops, im->stage16);
+      bfree(ops, im->red16);
+      bfree(ops, im->grecv16);
+      ops->coll_event_destroy(im->ev_gather);
+      ops->coll_event_destroy(im->ev_reduce);
+    }
     for (int s = 0; s < im->n_slots && im->slot; s++) bfree(ops, im->slot[s]);
     free(im->slot);
     free(im->slot_mod);
@@ -306,12 +349,38 @@ static void unpack(zero_state *z, int k) {
   im->mod_state[k] = 2;
 }
 
+/* Enqueues module k's gather through the backend (on its comm stream), in bf16 when
+ * gather16: the shard is rounded to bf16 on the compute stream first. */
+static void gather_enqueue(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  const float *send = z->params + im->mod_pack_off[k];
+  const size_t P = (size_t)im->mod_pack[k];
+  if (im->gather16) {
+    z->ops->to_bf16(im->send16, send, (long)P);
+    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, im->send16, im->stage16, P, VLM_COLL_BF16,
+                                  im->ev_gather));
+  } else {
+    COLL_OK(z, z->ops->all_gather(VLM_GROUP_SHARD, send, im->stage, P, VLM_COLL_F32,
+                                  im->ev_gather));
+  }
+}
+
+/* The compute stream waits for module k's gather; bf16 data is widened into stage. */
+static void gather_land(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  COLL_OK(z, z->ops->coll_wait(im->ev_gather));
+  if (im->gather16) z->ops->from_bf16(im->stage, im->stage16, (long)z->comm->S * im->mod_pack[k]);
+}
+
 static void finish_request(zero_state *z) {
   zimpl *im = IMPL(z);
   if (im->req_mod < 0) return;
   double t0 = vlm_now();
   rt_watchdog_arm_of("allgather of module", z->reg->modules[im->req_mod].name);
-  MPI_Wait(&im->req, MPI_STATUS_IGNORE);
+  if (im->coll)
+    gather_land(z, im->req_mod); /* the compute stream waits, not the host */
+  else
+    MPI_Wait(&im->req, MPI_STATUS_IGNORE);
   rt_watchdog_disarm();
   im->st.t_gather_wait += vlm_now() - t0;
   int k = im->req_mod;
@@ -321,7 +390,7 @@ static void finish_request(zero_state *z) {
 
 void zero_progress(zero_state *z) {
   zimpl *im = IMPL(z);
-  if (!im || im->req_mod < 0) return;
+  if (!im || im->req_mod < 0 || im->coll) return; /* streams need no host progress */
   int done = 0;
   MPI_Test(&im->req, &done, MPI_STATUS_IGNORE);
   if (done) {
@@ -334,7 +403,7 @@ void zero_progress(zero_state *z) {
 static void count_gather(zero_state *z, int k) {
   zimpl *im = IMPL(z);
   im->st.n_allgather++;
-  im->st.bytes_allgather += (double)im->mod_pack[k] * z->comm->S * sizeof(float);
+  im->st.bytes_allgather += (double)im->mod_pack[k] * z->comm->S * (im->gather16 ? 2 : sizeof(float));
 }
 
 void zero_fetch(zero_state *z, int k) {
@@ -354,8 +423,13 @@ void zero_fetch(zero_state *z, int k) {
   }
   double t0 = vlm_now();
   rt_watchdog_arm_of("allgather of module", z->reg->modules[k].name);
-  MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
-                (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
+  if (im->coll) {
+    gather_enqueue(z, k);
+    gather_land(z, k);
+  } else {
+    MPI_Allgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
+                  (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard);
+  }
   rt_watchdog_disarm();
   im->st.t_gather_wait += vlm_now() - t0;
   count_gather(z, k);
@@ -368,8 +442,11 @@ void zero_prefetch(zero_state *z, int k) {
     return;
   check_order(z, k);
   if (take_slot(im, k) < 0) return; /* live bound reached: gather when needed */
-  MPI_Iallgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
-                 (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard, &im->req);
+  if (im->coll) /* on the comm stream, after the kernels enqueued so far */
+    gather_enqueue(z, k);
+  else
+    MPI_Iallgather(z->params + im->mod_pack_off[k], (int)im->mod_pack[k], MPI_FLOAT, im->stage,
+                   (int)im->mod_pack[k], MPI_FLOAT, z->comm->shard, &im->req);
   im->req_mod = k;
   im->mod_state[k] = 1;
   count_gather(z, k);
@@ -428,14 +505,44 @@ void zero_grad_end(zero_state *z, int k) {
     }
     double t0 = vlm_now();
     rt_watchdog_arm_of("reduce-scatter of module", m->name);
-    MPI_Reduce_scatter_block(im->gsend, im->grecv, (int)G, MPI_FLOAT, MPI_SUM, z->comm->shard);
+    if (im->coll && im->reduce16) {
+      z->ops->to_bf16(im->red16, im->gsend, (long)S * G);
+      COLL_OK(z, z->ops->reduce_scatter(VLM_GROUP_SHARD, im->red16, im->grecv16, (size_t)G,
+                                        VLM_COLL_BF16, im->ev_reduce));
+      COLL_OK(z, z->ops->coll_wait(im->ev_reduce));
+      z->ops->from_bf16(im->grecv, im->grecv16, G);
+    } else if (im->coll) {
+      COLL_OK(z, z->ops->reduce_scatter(VLM_GROUP_SHARD, im->gsend, im->grecv, (size_t)G,
+                                        VLM_COLL_F32, im->ev_reduce));
+      COLL_OK(z, z->ops->coll_wait(im->ev_reduce)); /* before add_into reads grecv */
+    } else {
+      MPI_Reduce_scatter_block(im->gsend, im->grecv, (int)G, MPI_FLOAT, MPI_SUM, z->comm->shard);
+    }
     rt_watchdog_disarm();
     im->st.t_reduce += vlm_now() - t0;
     im->st.n_reduce_scatter++;
-    im->st.bytes_reduce_scatter += (double)G * S * sizeof(float);
+    im->st.bytes_reduce_scatter += (double)G * S * (im->reduce16 ? 2 : sizeof(float));
     z->ops->add_into(z->grads + im->mod_gpack_off[k], im->grecv, G);
   }
   for (int i = m->first; i < m->first + m->count; i++) im->full_g[i] = NULL;
+}
+
+/* Sums x[n] over group g (comm: its MPI communicator) in place. */
+static void reduce_grads_over(zero_state *z, float *x, long n, vlm_group g, MPI_Comm comm) {
+  zimpl *im = IMPL(z);
+  if (!im->coll) {
+    allreduce_floats(x, n, comm);
+    return;
+  }
+  if (im->reduce16) {
+    z->ops->to_bf16(im->red16, x, n);
+    COLL_OK(z, z->ops->all_reduce(g, im->red16, im->red16, (size_t)n, VLM_COLL_BF16, im->ev_reduce));
+    COLL_OK(z, z->ops->coll_wait(im->ev_reduce));
+    z->ops->from_bf16(x, im->red16, n);
+    return;
+  }
+  COLL_OK(z, z->ops->all_reduce(g, x, x, (size_t)n, VLM_COLL_F32, im->ev_reduce));
+  COLL_OK(z, z->ops->coll_wait(im->ev_reduce));
 }
 
 void zero_reduce_grads(zero_state *z) {
@@ -443,14 +550,15 @@ void zero_reduce_grads(zero_state *z) {
   double t0 = vlm_now();
   rt_watchdog_arm("all-reduce of the gradients");
   if (z->comm->R > 1 && im->shard_grad_n > 0) {
-    allreduce_floats(z->grads, im->shard_grad_n, z->comm->replica);
+    reduce_grads_over(z, z->grads, im->shard_grad_n, VLM_GROUP_REPLICA, z->comm->replica);
     im->st.n_allreduce++;
-    im->st.bytes_allreduce += 2.0 * im->shard_grad_n * sizeof(float);
+    im->st.bytes_allreduce += 2.0 * im->shard_grad_n * (im->reduce16 ? 2 : sizeof(float));
   }
   if (z->comm->size > 1 && im->repl_grad_n > 0) {
-    allreduce_floats(z->grads + im->repl_grad_off, im->repl_grad_n, z->comm->world);
+    reduce_grads_over(z, z->grads + im->repl_grad_off, im->repl_grad_n, VLM_GROUP_WORLD,
+                      z->comm->world);
     im->st.n_allreduce++;
-    im->st.bytes_allreduce += 2.0 * im->repl_grad_n * sizeof(float);
+    im->st.bytes_allreduce += 2.0 * im->repl_grad_n * (im->reduce16 ? 2 : sizeof(float));
   }
   rt_watchdog_disarm();
   im->st.t_reduce += vlm_now() - t0;
@@ -474,6 +582,7 @@ int zero_gather_to_root(zero_state *z) {
   MPI_Bcast(&fail, 1, MPI_INT, 0, c->world);
   if (fail) VLM_FAIL("cannot allocate the full parameters on rank 0");
   if (c->r != 0) return 0; /* replica 0 holds everything needed */
+  zero_params_to_host(z); /* MPI reads the host mirror (the shards themselves on the CPU) */
   float *buf = NULL;
   long max_chunk = 0;
   for (int i = 0; i < reg->n; i++)
@@ -488,10 +597,10 @@ int zero_gather_to_root(zero_state *z) {
     const shard_info *sh = &z->sh[i];
     float *dst = c->s == 0 ? reg->params + reg->p[i].offset : NULL;
     if (!sh->sharded) {
-      if (c->s == 0) z->ops->download(dst, z->params + sh->off, (size_t)reg->p[i].numel * sizeof(float));
+      if (c->s == 0) memcpy(dst, z->hparams + sh->off, (size_t)reg->p[i].numel * sizeof(float));
       continue;
     }
-    MPI_Gather(z->params + sh->off, (int)sh->chunk, MPI_FLOAT, buf, (int)sh->chunk, MPI_FLOAT, 0,
+    MPI_Gather(z->hparams + sh->off, (int)sh->chunk, MPI_FLOAT, buf, (int)sh->chunk, MPI_FLOAT, 0,
                c->shard);
     if (c->s == 0) memcpy(dst, buf, (size_t)reg->p[i].numel * sizeof(float));
   }
@@ -546,6 +655,39 @@ float *zero_local_grad_range(const zero_state *z, float *base, int idx, long *lo
   return sh->goff < 0 ? NULL : base + sh->goff;
 }
 
+/* bytes of zeroed backend memory (at least 2), NULL on failure */
+static void *balloc_bytes(const vlm_backend *ops, size_t bytes, const char *what) {
+  if (bytes < 2) bytes = 2;
+  float *p = balloc(ops, (long)((bytes + sizeof(float) - 1) / sizeof(float)), what);
+  return p;
+}
+
+int zero_set_comm_types(zero_state *z, int gather_bf16, int reduce_bf16) {
+  zimpl *im = IMPL(z);
+  if (!im->coll) return 0; /* MPI path or one rank: fp32, as before */
+  if (!z->ops->to_bf16 || !z->ops->from_bf16)
+    VLM_FAIL("the %s backend has collectives but no bf16 conversions", z->ops->name);
+  const size_t S = (size_t)z->comm->S;
+  if (gather_bf16 && !im->gather16 && im->max_pack > 0) {
+    im->send16 = balloc_bytes(z->ops, (size_t)im->max_pack * 2, "bf16 gather send buffer");
+    im->stage16 = balloc_bytes(z->ops, S * (size_t)im->max_pack * 2, "bf16 gather staging");
+    if (!im->send16 || !im->stage16) VLM_FAIL("cannot allocate the bf16 gather buffers");
+    im->bytes16 += (1 + S) * (size_t)im->max_pack * 2;
+  }
+  im->gather16 = gather_bf16 != 0;
+  if (reduce_bf16 && !im->reduce16) {
+    long n = (long)S * im->max_gpack;
+    if (im->shard_grad_n > n) n = im->shard_grad_n;
+    if (im->repl_grad_n > n) n = im->repl_grad_n;
+    im->red16 = balloc_bytes(z->ops, (size_t)n * 2, "bf16 gradient reduction buffer");
+    im->grecv16 = balloc_bytes(z->ops, (size_t)im->max_gpack * 2, "bf16 reduce-scatter receive");
+    if (!im->red16 || !im->grecv16) VLM_FAIL("cannot allocate the bf16 reduction buffers");
+    im->bytes16 += (size_t)(n + im->max_gpack) * 2;
+  }
+  im->reduce16 = reduce_bf16 != 0;
+  return 0;
+}
+
 void zero_get_stats(const zero_state *z, zero_stats *st) { *st = IMPL(z)->st; }
 void zero_reset_stats(zero_state *z) { memset(&IMPL(z)->st, 0, sizeof IMPL(z)->st); }
 
@@ -553,5 +695,5 @@ size_t zero_buffer_bytes(const zero_state *z) {
   const zimpl *im = IMPL(z);
   size_t n = (size_t)im->n_slots * im->max_full + (size_t)z->comm->S * im->max_pack;
   if (im->max_gpack > 0) n += (size_t)im->max_full + (size_t)(z->comm->S + 1) * im->max_gpack;
-  return n * sizeof(float);
+  return n * sizeof(float) + im->bytes16;
 }

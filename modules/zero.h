@@ -14,8 +14,9 @@
  * Memory: every buffer comes from the backend (kernels/backend.h) and is touched
  * through it. With a device backend (on_device) the shards live in device
  * memory; the I/O range functions below then point into a host mirror of the
- * parameter shards, which zero_params_to_host / zero_params_to_device copy. A
- * device backend needs a world of one rank (the NCCL path is not implemented). */
+ * parameter shards, which zero_params_to_host / zero_params_to_device copy.
+ * With more than one rank, a backend with collective entries (the CUDA one:
+ * NCCL) runs the gathers and gradient reductions itself; the CPU uses MPI. */
 #ifndef VLM_MODULES_ZERO_H
 #define VLM_MODULES_ZERO_H
 
@@ -115,6 +116,14 @@ typedef struct {
   long n_allgather, n_reduce_scatter, n_allreduce;
 } zero_stats;
 void zero_get_stats(const zero_state *z, zero_stats *st);
+/* Collective precisions where the backend runs the collectives (the CUDA one, more
+ * than one rank): gather_bf16 sends the module gathers as bf16 (fp32 shard -> bf16 ->
+ * all-gather -> fp32 gathered weights, half the bytes; bf16.enabled); reduce_bf16 sums
+ * the gradients (reduce-scatter and replica / world all-reduces) in bf16
+ * (communication_data_type "bf16"). Byte counts follow. Elsewhere (the MPI path, or
+ * one rank) nothing changes and this returns 0 too. Call after zero_init_backend,
+ * before the first gather. */
+int zero_set_comm_types(zero_state *z, int gather_bf16, int reduce_bf16);
 /* Bytes of the gather and reduce-scatter buffers (the live-gather bound). */
 size_t zero_buffer_bytes(const zero_state *z);
 void zero_reset_stats(zero_state *z);

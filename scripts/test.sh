@@ -2,9 +2,10 @@
 # scripts/test.sh: the whole test suite. Installs the Debian packages, builds
 # vlmtrain with -Wall -Wextra -Werror and runs every test under ctest, builds the
 # CUDA backend with nvcc (compile and link only: no GPU here), checks its kernels'
-# logic and its dispatch table in a CPU emulation, builds the whole program against
-# that emulation for a tiny run, then builds again with AddressSanitizer + UBSan and
-# runs the suite once more.
+# logic, its dispatch table and its NCCL layer in a CPU emulation (NCCL emulated
+# over MPI), builds the whole program against that emulation for tiny runs on 1 and
+# 2 ranks, then builds again with AddressSanitizer + UBSan and runs the suite once
+# more.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$here/scripts/install-deps.sh"
@@ -27,10 +28,16 @@ OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe
   -x VLM_EMU_DEVICES=2 "$here/build-emu/check_backend" > "$here/build-emu/check_backend-2ranks.txt" 2>&1 ||
   { cat "$here/build-emu/check_backend-2ranks.txt"; exit 1; }
 grep "passed" "$here/build-emu/check_backend-2ranks.txt"
+echo "== the NCCL layer (kernels/cuda/nccl_comm.c) over the emulated NCCL (MPI): 2 ranks =="
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun --oversubscribe -np 2 \
+  -x VLM_EMU_DEVICES=2 "$here/build-emu/check_nccl" --quick > "$here/build-emu/check_nccl-2ranks.txt" 2>&1 ||
+  { cat "$here/build-emu/check_nccl-2ranks.txt"; exit 1; }
+grep "passed" "$here/build-emu/check_nccl-2ranks.txt"
 echo "== vlmtrain built whole with the emulated CUDA backend: --device cuda against --device cpu =="
 bash "$here/tests/gpu/emu/build_vlmtrain.sh" "$here/build-emu-vlmtrain"
-VLM_EMU_DEVICES=1 bash "$here/tests/gpu/model_checks.sh" "$here/build-emu-vlmtrain/vlmtrain" \
-  "$here/build-emu-vlmtrain" --quick | grep -E "parity|model_checks"
+# 1 rank, then ZeRO-3 on 2 ranks (--device cuda through the emulated NCCL) against the CPU
+VLM_EMU_DEVICES=2 VLM_CHECK_RANKS=2 bash "$here/tests/gpu/model_checks.sh" \
+  "$here/build-emu-vlmtrain/vlmtrain" "$here/build-emu-vlmtrain" --quick | grep -E "parity|bf16|model_checks"
 echo "== build (AddressSanitizer + UBSan) =="
 bash "$here/scripts/build.sh" "$here/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLMTRAIN_SANITIZE=ON
 echo "== tests under AddressSanitizer + UBSan =="

@@ -1,7 +1,8 @@
 /* kernels/cuda/backend_cuda.c: the CUDA backend of the run-time dispatch table
  * (kernels/backend.h): one process-wide vlm_cuda_ctx on this rank's GPU, device memory
  * through the CUDA runtime, and every kernel entry a thin wrapper that calls
- * cuda_<name>(&ctx, ctx.compute, ...).
+ * cuda_<name>(&ctx, ctx.compute, ...), and the collective entries through NCCL
+ * (kernels/cuda/nccl_comm.h) on the ctx's comm stream.
  *
  * Ordering: everything (copies, memsets, kernels) is enqueued in order on ctx.compute;
  * only download, sync and the two entries that return a host value
@@ -24,6 +25,7 @@
 #include "common/vlm.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/kernels_cuda.h"
+#include "kernels/cuda/nccl_comm.h"
 
 /* Aborts with file:line if a runtime call failed (as the kernels do). */
 #define RT_OK(call) rt_ok((call), __FILE__, __LINE__, #call)
@@ -295,6 +297,85 @@ static void be_image_normalize(float *out, const unsigned char *px, long n_pixel
 
 #undef CTX
 
+/* ---- collectives (NCCL) ----------------------------------------------------------------
+ * One vlm_nccl (kernels/cuda/nccl_comm.h) on the ctx's compute and comm streams, made by
+ * coll_init from the ZeRO-3 grid's MPI communicators. Events are cudaEvent_t behind the
+ * table's void pointers. */
+static vlm_nccl g_nccl;
+static int g_nccl_ready;
+
+static int be_coll_init(const void *shard, const void *replica, const void *world) {
+  if (g_nccl_ready)
+    VLM_FAIL("the NCCL communicators exist already (one ZeRO-3 state per process)");
+  if (!shard || !replica || !world) VLM_FAIL("coll_init needs three MPI communicators");
+  VLM_CHECK(vlm_nccl_init(&g_nccl, *(const MPI_Comm *)shard, *(const MPI_Comm *)replica,
+                          *(const MPI_Comm *)world, g_ctx.device, g_ctx.compute, g_ctx.comm));
+  g_nccl_ready = 1;
+  return 0;
+}
+
+static void be_coll_free(void) {
+  if (!g_nccl_ready) return;
+  vlm_nccl_free(&g_nccl);
+  g_nccl_ready = 0;
+}
+
+static void *be_coll_event_create(void) {
+  cudaEvent_t ev = NULL;
+  if (vlm_nccl_event_create(&ev) != 0) {
+    vlm_trace_at(__FILE__, __LINE__, __func__, "vlm_nccl_event_create");
+    return NULL;
+  }
+  return ev;
+}
+
+static void be_coll_event_destroy(void *ev) {
+  if (ev) RT_OK(cudaEventDestroy((cudaEvent_t)ev));
+}
+
+static ncclDataType_t nccl_type(vlm_coll_type t) { return t == VLM_COLL_BF16 ? ncclBfloat16 : ncclFloat32; }
+
+/* vlm_group and vlm_nccl_group number the groups alike (shard, replica, world) */
+static vlm_nccl_group nccl_group(vlm_group g) { return (vlm_nccl_group)g; }
+
+static int be_all_gather(vlm_group g, const void *send, void *recv, size_t count, vlm_coll_type t,
+                         void *done) {
+  if (!g_nccl_ready) VLM_FAIL("all_gather before coll_init");
+  VLM_CHECK(vlm_nccl_all_gather(&g_nccl, nccl_group(g), send, recv, count, nccl_type(t),
+                                (cudaEvent_t)done));
+  return 0;
+}
+
+static int be_reduce_scatter(vlm_group g, const void *send, void *recv, size_t recvcount,
+                             vlm_coll_type t, void *done) {
+  if (!g_nccl_ready) VLM_FAIL("reduce_scatter before coll_init");
+  VLM_CHECK(vlm_nccl_reduce_scatter(&g_nccl, nccl_group(g), send, recv, recvcount, nccl_type(t),
+                                    (cudaEvent_t)done));
+  return 0;
+}
+
+static int be_all_reduce(vlm_group g, const void *send, void *recv, size_t count, vlm_coll_type t,
+                         void *done) {
+  if (!g_nccl_ready) VLM_FAIL("all_reduce before coll_init");
+  VLM_CHECK(vlm_nccl_all_reduce(&g_nccl, nccl_group(g), send, recv, count, nccl_type(t),
+                                (cudaEvent_t)done));
+  return 0;
+}
+
+static int be_coll_wait(void *done) {
+  if (!g_nccl_ready) VLM_FAIL("coll_wait before coll_init");
+  VLM_CHECK(vlm_nccl_wait(&g_nccl, (cudaEvent_t)done));
+  return 0;
+}
+
+static void be_to_bf16(void *dst, const float *src, long n) {
+  cuda_f32_to_bf16(&g_ctx, g_ctx.compute, (vlm_bf16 *)dst, src, n);
+}
+
+static void be_from_bf16(float *dst, const void *src, long n) {
+  cuda_bf16_to_f32(&g_ctx, g_ctx.compute, dst, (const vlm_bf16 *)src, n);
+}
+
 static const vlm_backend g_table = {
     .name = "cuda",
     .on_device = 1,
@@ -342,6 +423,16 @@ static const vlm_backend g_table = {
     .rows_copy = be_rows_copy,
     .rows_segment_add = be_rows_segment_add,
     .image_normalize = be_image_normalize,
+    .coll_init = be_coll_init,
+    .coll_free = be_coll_free,
+    .coll_event_create = be_coll_event_create,
+    .coll_event_destroy = be_coll_event_destroy,
+    .all_gather = be_all_gather,
+    .reduce_scatter = be_reduce_scatter,
+    .all_reduce = be_all_reduce,
+    .coll_wait = be_coll_wait,
+    .to_bf16 = be_to_bf16,
+    .from_bf16 = be_from_bf16,
 };
 
 /* ---- set-up ------------------------------------------------------------------------- */
@@ -379,6 +470,7 @@ const vlm_backend *vlm_backend_cuda_init(void) {
 
 void vlm_backend_cuda_shutdown(void) {
   if (!g_ready) return;
+  be_coll_free(); /* normally zero_free did it */
   RT_OK(cudaStreamSynchronize(g_ctx.compute));
   RT_OK(cudaFree(g_result));
   g_result = NULL;

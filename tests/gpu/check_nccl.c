@@ -12,7 +12,10 @@
  *   output is consumed by a kernel on the compute stream after vlm_nccl_wait; a missing
  *   event would show as wrong values.
  * Rank 0 prints one line per check and "N passed, N failed". With one GPU every group
- * has one rank: creation, ordering and the single-rank collectives are still checked. */
+ * has one rank: creation, ordering and the single-rank collectives are still checked.
+ * --quick: about a thousand times fewer elements and a short kernel chain, for the CPU
+ * emulation (tests/gpu/emu/build.sh), where every kernel runs on one core; the values
+ * and their checks are the same. */
 #include <cuda_runtime_api.h>
 #include <mpi.h>
 #include <stdint.h>
@@ -24,6 +27,7 @@
 #include "kernels/cuda/nccl_comm.h"
 
 static int wrank, wsize, n_pass, n_fail;
+static int g_quick; /* --quick: small sizes (see above) */
 static vlm_cuda_ctx ctx;
 static vlm_nccl nc;
 static cudaEvent_t done;
@@ -67,7 +71,7 @@ static void *d_alloc(size_t bytes) {
 /* x (n floats) becomes 2x after a chain of 2 * half + 1 scalings on the compute stream:
  * long enough that a collective not ordered after it would read the old values. */
 static void busy_double(float *x, long n) {
-  const int half = 50;
+  const int half = g_quick ? 2 : 50;
   for (int i = 0; i < half; i++) {
     cuda_scale_inplace(&ctx, ctx.compute, x, n, 2.0f);
     cuda_scale_inplace(&ctx, ctx.compute, x, n, 0.5f);
@@ -95,7 +99,7 @@ static void upload(void *d, const void *h, size_t bytes) {
 static int val(int r, long i) { return (int)((r * 7 + i) % 61) - 30; }
 
 static void test_all_gather(int S, int s) {
-  const long n = 1000003;
+  const long n = g_quick ? 1009 : 1000003;
   float *h = malloc((size_t)n * S * sizeof(float));
   for (long i = 0; i < n; i++) h[i] = (float)val(s, i);
   float *send = d_alloc((size_t)n * 4), *recv = d_alloc((size_t)n * S * 4);
@@ -131,7 +135,7 @@ static void test_all_gather(int S, int s) {
 }
 
 static void test_reduce_scatter(int S, int s) {
-  const long n = 333331; /* per rank */
+  const long n = g_quick ? 331 : 333331; /* per rank */
   float *h = malloc((size_t)n * S * sizeof(float));
   for (long i = 0; i < n * S; i++) h[i] = (float)val(s, i);
   float *send = d_alloc((size_t)n * S * 4), *recv = d_alloc((size_t)n * 4);
@@ -171,7 +175,7 @@ static void test_reduce_scatter(int S, int s) {
 }
 
 static void test_all_reduce(vlm_nccl_group g, const char *gname, int gsize, int grank) {
-  const long n = 500009;
+  const long n = g_quick ? 503 : 500009;
   float *h = malloc((size_t)n * sizeof(float));
   for (long i = 0; i < n; i++) h[i] = (float)val(grank, i);
   float *buf = d_alloc((size_t)n * 4);
@@ -198,6 +202,15 @@ int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &wrank);
   MPI_Comm_size(MPI_COMM_WORLD, &wsize);
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--quick") == 0) {
+      g_quick = 1;
+    } else {
+      if (wrank == 0) fprintf(stderr, "usage: check_nccl [--quick]\n");
+      MPI_Finalize();
+      return 2;
+    }
+  }
   int device = -1, lrank = 0, lsize = 1;
   must(vlm_cuda_select_device(MPI_COMM_WORLD, &device, &lrank, &lsize), "select device");
   must(vlm_cuda_ctx_create(&ctx, device, 0), "ctx create");

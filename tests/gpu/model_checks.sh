@@ -8,9 +8,18 @@
 #      every step's loss and gradient norm, and every final weight, must agree
 #      (tolerances below; step 1's loss is the forward on identical weights, its
 #      gradient norm the backward).
+#   1b. ranks (only when VLM_CHECK_RANKS >= 2): the same 20 steps with a global batch of
+#      6 samples, ZeRO-3 over VLM_CHECK_RANKS ranks (mpirun; --device cuda: NCCL
+#      collectives) against the same run with --device cpu (MPI collectives) on as
+#      many ranks, and against the same global batch on one CPU rank; the fp32
+#      tolerance of check 1, and equal gather / reduce-scatter byte counts. Under the
+#      emulation, export VLM_EMU_DEVICES (>= ranks) too.
 #   2. bf16: the same run with bf16.enabled on the GPU (GEMM operands in bf16, fp32
 #      accumulation); losses and gradient norms must follow the fp32 CPU run within
-#      bf16 tolerance.
+#      bf16 tolerance. With VLM_CHECK_RANKS >= 2 also on that many ranks, with bf16
+#      gathers (bf16.enabled) and bf16 gradient reductions (communication_data_type
+#      "bf16"), against the fp32 CPU run on as many ranks: bf16 tolerance, and exactly
+#      half the fp32 run's gather and reduce-scatter bytes.
 #   3. throughput (skipped with --quick, as under the emulation): the small config and the medium config (one
 #      ViT block and one LLM block at Monkey's widths, 2048-token samples with a
 #      896 x 896 image, 4 windows + global view), bf16, 8 steps each: tokens/s and
@@ -31,11 +40,13 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 status=0
 say() { printf '\n-- %s --\n' "$*"; }
 
-# A training config: $1 = file, $2 = steps, $3 = bf16 (true|false), $4 = micro-batch
+# A training config: $1 = file, $2 = steps, $3 = bf16 (true|false), $4 = micro-batch,
+# $5 = global batch (train_batch_size; default: micro-batch x ranks), $6 =
+# communication_data_type (default: not given, i.e. fp32)
 train_json() {
   cat >"$1" <<EOF
 {
-  "train_micro_batch_size_per_gpu": $4, "gradient_accumulation_steps": 1,
+  "train_micro_batch_size_per_gpu": $4, "gradient_accumulation_steps": 1,${5:+ \"train_batch_size\": $5,}${6:+ \"communication_data_type\": \"$6\",}
   "gradient_clipping": 1.0, "steps_per_print": 5, "train_steps": $2, "seed": 7,
   "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "betas": [0.9, 0.95], "eps": 1e-8,
                 "weight_decay": 0.1}},
@@ -128,6 +139,43 @@ done
 # reductions), so agreement is to fp32 rounding amplified over 20 Adam steps.
 [ "$status" -eq 0 ] && { compare "$work/run-cpu" "$work/run-cuda" 2e-3 "parity fp32" 1 || status=1; }
 
+ranks="${VLM_CHECK_RANKS:-1}"
+if [ "$ranks" -ge 2 ] 2>/dev/null; then
+  say "1b. ranks: 20 steps, ZeRO-3 on $ranks ranks, --device cuda (NCCL) vs --device cpu (MPI), and vs one CPU rank"
+  train_json "$work/ranks.json" 20 false 3 6
+  mpi=(mpirun --oversubscribe -np "$ranks")
+  [ -n "${VLM_EMU_DEVICES:-}" ] && mpi+=(-x VLM_EMU_DEVICES)
+  rstatus=0
+  for run in "cpu $ranks" "cuda $ranks" "cpu 1"; do
+    read -r dev n <<<"$run"
+    launch=("${mpi[@]}")
+    [ "$n" -eq 1 ] && launch=()
+    "${launch[@]}" "$vlm" train --device "$dev" --model "$work/tiny" --data "$work/tiny.h5" \
+      --config "$work/ranks.json" --out "$work/run-$dev-${n}r" </dev/null >"$work/train-$dev-${n}r.log" 2>&1 ||
+      { tail -n 20 "$work/train-$dev-${n}r.log"; echo "model_checks: --device $dev on $n rank(s) failed"; rstatus=1; }
+  done
+  if [ "$rstatus" -eq 0 ]; then
+    compare "$work/run-cpu-${ranks}r" "$work/run-cuda-${ranks}r" 2e-3 \
+      "parity fp32 on $ranks ranks, cpu vs cuda" 1 || rstatus=1
+    compare "$work/run-cpu-1r" "$work/run-cuda-${ranks}r" 2e-3 \
+      "parity fp32, cuda on $ranks ranks vs cpu on 1 rank" 1 || rstatus=1
+    # the collectives ran on both paths, with the same byte counts
+    "$py" - "$work/run-cpu-${ranks}r/metrics.jsonl" "$work/run-cuda-${ranks}r/metrics.jsonl" <<'EOF' || rstatus=1
+import json, sys
+def total(p, key):
+    return sum(json.loads(l).get(key, 0) for l in open(p) if '"loss"' in l)
+ok = True
+for key in ("bytes_allgather", "bytes_reduce_scatter"):
+    a, b = total(sys.argv[1], key), total(sys.argv[2], key)
+    print("parity bytes on the ranks: %s over the run: cpu %d, cuda %d" % (key, a, b))
+    ok = ok and a == b and a > 0
+print("parity bytes on the ranks: %s" % ("PASS" if ok else "FAIL"))
+sys.exit(0 if ok else 1)
+EOF
+  fi
+  [ "$rstatus" -eq 0 ] || status=1
+fi
+
 say "2. bf16: the same 20 steps with bf16.enabled on the GPU"
 train_json "$work/bf16.json" 20 true 3
 if "$vlm" train --device cuda --model "$work/tiny" --data "$work/tiny.h5" \
@@ -138,6 +186,31 @@ else
   tail -n 20 "$work/train-bf16.log"
   echo "model_checks: bf16 run failed"
   status=1
+fi
+if [ "$ranks" -ge 2 ] 2>/dev/null; then
+  train_json "$work/ranks-bf16.json" 20 true 3 6 bf16
+  if "${mpi[@]}" "$vlm" train --device cuda --model "$work/tiny" --data "$work/tiny.h5" \
+      --config "$work/ranks-bf16.json" --out "$work/run-bf16-${ranks}r" </dev/null \
+      >"$work/train-bf16-${ranks}r.log" 2>&1 && [ -d "$work/run-cpu-${ranks}r" ]; then
+    compare "$work/run-cpu-${ranks}r" "$work/run-bf16-${ranks}r" 5e-2 \
+      "bf16 gathers and reductions on $ranks ranks vs fp32" 0 1e-6 || status=1
+    "$py" - "$work/run-cpu-${ranks}r/metrics.jsonl" "$work/run-bf16-${ranks}r/metrics.jsonl" <<'EOF' || status=1
+import json, sys
+def total(p, key):
+    return sum(json.loads(l).get(key, 0) for l in open(p) if '"loss"' in l)
+ok = True
+for key in ("bytes_allgather", "bytes_reduce_scatter"):
+    a, b = total(sys.argv[1], key), total(sys.argv[2], key)
+    print("bf16 bytes on the ranks: %s over the run: fp32 cpu %d, bf16 cuda %d" % (key, a, b))
+    ok = ok and a > 0 and 2 * b == a
+print("bf16 bytes on the ranks: %s" % ("PASS" if ok else "FAIL"))
+sys.exit(0 if ok else 1)
+EOF
+  else
+    tail -n 20 "$work/train-bf16-${ranks}r.log"
+    echo "model_checks: bf16 run on $ranks ranks failed (or the fp32 cpu run on $ranks ranks is missing)"
+    status=1
+  fi
 fi
 
 if [ "$quick" -eq 0 ]; then

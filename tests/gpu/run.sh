@@ -84,8 +84,11 @@ if [ "${VLM_GPU_SANITIZE:-0}" = 1 ]; then
   [ "$rc" -eq 0 ] || status=1
 fi
 
-step "model checks: --device cuda against --device cpu, bf16, small and medium throughput"
-timeout 900 bash "$root/tests/gpu/model_checks.sh" "$build/vlmtrain" "$out" 2>&1 |
+# with two or more GPUs, also ZeRO-3 on 2 ranks through NCCL against the CPU (model_checks.sh 1b)
+ranks=1
+[ "$ngpu" -ge 2 ] && ranks=2
+step "model checks: --device cuda against --device cpu ($ranks rank(s)), bf16, small and medium throughput"
+VLM_CHECK_RANKS="$ranks" timeout 900 bash "$root/tests/gpu/model_checks.sh" "$build/vlmtrain" "$out" 2>&1 |
   tee "$out/model_checks.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 

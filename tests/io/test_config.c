@@ -192,8 +192,8 @@ static void test_train_configs(void) {
             strcmp(t.sched_type, "cosine") == 0 && t.warmup_steps == 0 && t.warmup_ratio == 0 &&
             t.total_steps == 100 && t.num_cycles == 0.5 && t.zero_stage == 3 && t.shard_size == 0 &&
             t.persistence_threshold == 100000 && t.max_live_parameters == 1000000000 &&
-            t.replicate_frozen == 0 && t.bf16 == 0 && t.train_steps == 100 && t.seed == 42 &&
-            strcmp(t.preset, "monkey") == 0 && t.n_rules == 0 && t.n_groups == 0 &&
+            t.replicate_frozen == 0 && t.bf16 == 0 && t.comm_bf16 == 0 && t.train_steps == 100 &&
+            t.seed == 42 && strcmp(t.preset, "monkey") == 0 && t.n_rules == 0 && t.n_groups == 0 &&
             t.recompute_vit == 1 && t.recompute_llm == 0 && t.shuffle == 1 && t.data_seed == 1234 &&
             t.json_text && strcmp(t.json_text, "{}") == 0,
         "\"{}\" gives every documented default, json_text kept");
@@ -231,6 +231,15 @@ static void test_train_configs(void) {
             strcmp(t.groups[1].patterns[1], "*ln_*") == 0 && t.groups[1].lr == 3e-5 &&
             t.groups[1].weight_decay == 0,
         "trainable rules and param_groups (lr, lr_scale, weight_decay, default name)");
+  train_config_free(&t);
+
+  check(train_config_parse(&t, "{\"communication_data_type\": \"bf16\"}", "c.json") == 0 &&
+            t.comm_bf16 == 1,
+        "communication_data_type \"bf16\"");
+  train_config_free(&t);
+  check(train_config_parse(&t, "{\"communication_data_type\": \"fp32\"}", "c.json") == 0 &&
+            t.comm_bf16 == 0,
+        "communication_data_type \"fp32\"");
   train_config_free(&t);
 
   check(train_config_parse(&t, "{\"trainable\": \"lora-only\", \"train_steps\": 500}", "p.json") == 0 &&
@@ -293,6 +302,9 @@ static void test_train_configs(void) {
                "\"auto\" for a vlmtrain key", "\"seed\"", "only for DeepSpeed keys");
   EXPECT_ERROR(train_config_parse(&t, "{\"bf16\": {\"enabled\": 1}}", "train.json"),
                "bf16.enabled a number", "\"bf16.enabled\"", "true or false");
+  EXPECT_ERROR(train_config_parse(&t, "{\"communication_data_type\": \"fp16\"}", "train.json"),
+               "communication_data_type fp16", "\"communication_data_type\"", "\"fp16\"",
+               "\"fp32\" or \"bf16\"");
   EXPECT_ERROR(train_config_parse(&t, "{\"optimizer\": 3}", "train.json"),
                "optimizer not an object", "\"optimizer\"", "object");
   EXPECT_ERROR(train_config_parse(&t, "{\"trainable\": \"everything\"}", "train.json"),

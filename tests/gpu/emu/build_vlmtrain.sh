@@ -4,9 +4,10 @@
 # emu_runtime.cpp) instead of the real CUDA libraries, so that `--device cuda` code paths
 # run with no GPU: every source of the top-level CMakeLists.txt (common/, kernels/cpu/,
 # kernels/*.c, modules/, io/, slurm/, app/) compiled with VLMTRAIN_HAVE_CUDA defined, plus
-# the unchanged kernels/cuda/*.cu (through cu2cpp.py), kernels/cuda/backend_cuda.c and
-# kernels/cuda/device.c. NCCL is not emulated: kernels/cuda/nccl_comm.c is left out, so
-# nothing here may call vlm_nccl_*.
+# the unchanged kernels/cuda/*.cu (through cu2cpp.py), kernels/cuda/backend_cuda.c,
+# kernels/cuda/device.c and kernels/cuda/nccl_comm.c, with NCCL emulated over MPI
+# (include/nccl.h, emu_nccl.c), so `mpirun -np N -x VLM_EMU_DEVICES=N` runs ZeRO-3 on
+# the emulated CUDA backend across ranks.
 # Libraries as the CMake build finds them: Open MPI, parallel HDF5 (hdf5-openmpi),
 # OpenBLAS, cJSON, PCRE2, libpng, libjpeg, OpenMP (all through pkg-config).
 # Writes OUT_DIR/vlmtrain (default /tmp/vlm-emu-vlmtrain), then runs `vlmtrain --help`
@@ -45,12 +46,13 @@ g++ -std=c++17 -Wall -Wextra "${flags[@]}" -c "$here/emu_runtime.cpp" \
 objs+=("$out/obj/emu_runtime.o")
 throttle
 
-# every C source of the program (the top-level CMakeLists.txt's globs), and the plain-C
-# files of the CUDA backend except NCCL's
+# every C source of the program (the top-level CMakeLists.txt's globs), the plain-C
+# files of the CUDA backend, and the NCCL emulation
 shopt -s nullglob
 csrc=("$root"/common/*.c "$root"/kernels/*.c "$root"/kernels/cpu/*.c "$root"/modules/*.c
   "$root"/io/*.c "$root"/slurm/*.c "$root"/app/*.c
-  "$root"/kernels/cuda/backend_cuda.c "$root"/kernels/cuda/device.c)
+  "$root"/kernels/cuda/backend_cuda.c "$root"/kernels/cuda/device.c
+  "$root"/kernels/cuda/nccl_comm.c "$here"/emu_nccl.c)
 shopt -u nullglob
 for c in "${csrc[@]}"; do
   rel="${c#"$root"/}"

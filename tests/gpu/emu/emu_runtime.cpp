@@ -42,6 +42,7 @@ static int in_device(const void *p, size_t bytes) {
 }
 
 static int is_device_ptr(const void *p) { return in_device(p, 1); }
+extern "C" int emu_is_device_range(const void *p, size_t bytes) { return in_device(p, bytes); }
 
 extern "C" cudaError_t cudaMalloc(void **p, size_t bytes) {
   /* cudaMalloc's pointers are 256-byte aligned; so are these */

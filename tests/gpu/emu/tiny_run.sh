@@ -3,7 +3,8 @@
 # vlmtrain program (e.g. the one tests/gpu/emu/build_vlmtrain.sh builds): initialises the
 # tiny model (configs/tiny.json), writes a 32-sample synthetic dataset and trains
 # VLM_TINY_STEPS (default 3) steps with ZeRO-3 on VLM_TINY_RANKS (default 2) MPI ranks,
-# passing the extra options to `train` (e.g. `--device cuda` once the program has it).
+# passing the extra options to `train` (e.g. `--device cuda`: ZeRO-3 through the
+# emulated NCCL).
 # Under the CUDA emulation every rank needs its own emulated GPU: this script exports
 # VLM_EMU_DEVICES=<ranks> to the ranks (ignored by a real CUDA or CPU-only build).
 # Work folder: VLM_TINY_DIR (default: a fresh temporary folder, removed on success).

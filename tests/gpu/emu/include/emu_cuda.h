@@ -78,6 +78,8 @@ cudaError_t cudaDeviceGetPCIBusId(char *bus, int len, int d);
 cudaError_t cudaGetLastError(void);
 const char *cudaGetErrorString(cudaError_t e);
 cudaError_t emu_func_set_smem(const void *fn, int bytes);
+/* 1 when [p, p + bytes) lies inside one emulated device allocation (for emu_nccl.c). */
+int emu_is_device_range(const void *p, size_t bytes);
 
 /* ---- cuBLAS ---------------------------------------------------------------------------- */
 
