@@ -2,7 +2,18 @@
  * tokens of a micro-batch (T rows; each sample is its own causal sequence with
  * positions from 0):
  *   x1 = x + c_proj(attention(rope(c_attn(rmsnorm_1(x)))))
- *   y  = x1 + mlp.c_proj(w1(h) * silu(w2(h))),  h = rmsnorm_2(x1)  */
+ *   y  = x1 + mlp.c_proj(w1(h) * silu(w2(h))),  h = rmsnorm_2(x1)
+ *
+ * Output rows. With rows == NULL the block computes y at all T rows. With rows
+ * (M ascending row indices, backend memory) it computes y only at those rows and
+ * writes them compacted (y[i] = the output at row rows[i]): the queries, keys and
+ * values are still computed at every row, since every row's key and value reach
+ * the selected rows through attention, but c_proj, the residual, rmsnorm_2 and
+ * the MLP run on M rows. The model uses this for its last block, whose output
+ * matters only at the rows that have a target: exact, and it drops most of the
+ * last block's work when few rows have a target (the answer tokens of SFT data).
+ * The backward then takes dy compacted the same way and still writes dx at all
+ * T rows. Scratch for the gathered rows: m->d_qkv, which no forward uses. */
 #include <math.h>
 #include <omp.h>
 
@@ -16,7 +27,7 @@ static attn_shape seq_shape(const model *m, int len) {
 }
 
 void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, int T, int n_seq,
-                       int count) {
+                       const int *rows, int M, int count) {
   const monkey_config *c = m->cfg;
   const llm_block_w *b = &m->lb[L];
   const int H = c->hidden_size, FF = c->ffn, nh = c->num_attention_heads, D = c->head_dim;
@@ -40,18 +51,32 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
       attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
       m->flops += attn_flops(&s);
     }
-  lin_fwd(m, count, A->x1, A->ctx, b->c_proj, NULL, T, H, H);
-  ops->add_into(A->x1, x, (long)T * H);
-  ops->rmsnorm_forward(A->c, A->rstd2, A->x1, b->ln2.w, T, H, eps);
-  lin_fwd(m, count, A->u1, A->c, b->w1, NULL, T, H, FF);
-  lin_fwd(m, count, A->u2, A->c, b->w2, NULL, T, H, FF);
-  ops->swiglu_forward(A->s, A->u1, A->u2, (long)T * FF);
-  lin_fwd(m, count, y, A->s, b->mlp_proj, NULL, T, FF, H);
-  ops->add_into(y, A->x1, (long)T * H);
+  /* from here on N rows: all T, or the M selected ones gathered */
+  const float *ctx = A->ctx, *xr = x;
+  int N = T;
+  if (rows) {
+    float *ctx_sel = m->d_qkv, *x_sel = m->d_qkv + (size_t)M * H; /* 2M*H <= 3T*H */
+    if (M > 0) {
+      ops->rows_copy(ctx_sel, NULL, A->ctx, rows, M, H);
+      ops->rows_copy(x_sel, NULL, x, rows, M, H);
+    }
+    ctx = ctx_sel;
+    xr = x_sel;
+    N = M;
+  }
+  if (N == 0) return;
+  lin_fwd(m, count, A->x1, ctx, b->c_proj, NULL, N, H, H);
+  ops->add_into(A->x1, xr, (long)N * H);
+  ops->rmsnorm_forward(A->c, A->rstd2, A->x1, b->ln2.w, N, H, eps);
+  lin_fwd(m, count, A->u1, A->c, b->w1, NULL, N, H, FF);
+  lin_fwd(m, count, A->u2, A->c, b->w2, NULL, N, H, FF);
+  ops->swiglu_forward(A->s, A->u1, A->u2, (long)N * FF);
+  lin_fwd(m, count, y, A->s, b->mlp_proj, NULL, N, FF, H);
+  ops->add_into(y, A->x1, (long)N * H);
 }
 
 void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy, const float *x,
-                        int T, int n_seq) {
+                        int T, int n_seq, const int *rows, int M) {
   const monkey_config *c = m->cfg;
   const llm_block_w *b = &m->lb[L];
   const int H = c->hidden_size, FF = c->ffn, nh = c->num_attention_heads, D = c->head_dim;
@@ -60,23 +85,35 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
   float *d_s = m->d_big, *d_u1 = d_s + (size_t)T * FF, *d_u2 = d_u1 + (size_t)T * FF;
   const vlm_backend *ops = m->ops;
 
+  const int N = rows ? M : T; /* rows of dy, x1 and the MLP activations */
+  if (N == 0) return;          /* no selected row: nothing reaches x or a weight */
   /* MLP branch */
-  ops->copy(d_x1, dy, (size_t)T * H * sizeof(float));
-  zero(m, d_s, (long)T * FF);
-  lin_bwd(m, d_s, b->mlp_proj, NULL, dy, A->s, T, FF, H);
-  zero(m, d_u1, (long)T * FF);
-  zero(m, d_u2, (long)T * FF);
-  ops->swiglu_backward(d_u1, d_u2, d_s, A->u1, A->u2, (long)T * FF);
-  zero(m, d_c, (long)T * H);
-  lin_bwd(m, d_c, b->w1, NULL, d_u1, A->c, T, H, FF);
-  lin_bwd(m, d_c, b->w2, NULL, d_u2, A->c, T, H, FF);
-  ops->rmsnorm_backward(d_x1, b->ln2.g, d_c, A->x1, b->ln2.w, A->rstd2, T, H);
-  /* attention branch */
-  if (dx) ops->add_into(dx, d_x1, (long)T * H);
-  float *d_ctx = d_c;
-  zero(m, d_ctx, (long)T * H);
-  lin_bwd(m, d_ctx, b->c_proj, NULL, d_x1, A->ctx, T, H, H);
-  float *d_qkv = m->d_qkv;
+  ops->copy(d_x1, dy, (size_t)N * H * sizeof(float));
+  zero(m, d_s, (long)N * FF);
+  lin_bwd(m, d_s, b->mlp_proj, NULL, dy, A->s, N, FF, H);
+  zero(m, d_u1, (long)N * FF);
+  zero(m, d_u2, (long)N * FF);
+  ops->swiglu_backward(d_u1, d_u2, d_s, A->u1, A->u2, (long)N * FF);
+  zero(m, d_c, (long)N * H);
+  lin_bwd(m, d_c, b->w1, NULL, d_u1, A->c, N, H, FF);
+  lin_bwd(m, d_c, b->w2, NULL, d_u2, A->c, N, H, FF);
+  ops->rmsnorm_backward(d_x1, b->ln2.g, d_c, A->x1, b->ln2.w, A->rstd2, N, H);
+  /* attention branch: d_ctx at all T rows (zero outside the selection) */
+  float *d_ctx = d_c, *d_qkv = m->d_qkv;
+  if (rows) {
+    /* the caller zeroed dx: the residual's rows are its first contribution */
+    if (dx) ops->rows_copy(dx, rows, d_x1, NULL, M, H);
+    float *ctx_sel = d_qkv, *d_ctx_sel = d_qkv + (size_t)M * H;
+    ops->rows_copy(ctx_sel, NULL, A->ctx, rows, M, H);
+    zero(m, d_ctx_sel, (long)M * H);
+    lin_bwd(m, d_ctx_sel, b->c_proj, NULL, d_x1, ctx_sel, M, H, H);
+    zero(m, d_ctx, (long)T * H);
+    ops->rows_copy(d_ctx, rows, d_ctx_sel, NULL, M, H);
+  } else {
+    if (dx) ops->add_into(dx, d_x1, (long)T * H);
+    zero(m, d_ctx, (long)T * H);
+    lin_bwd(m, d_ctx, b->c_proj, NULL, d_x1, A->ctx, T, H, H);
+  }
   zero(m, d_qkv, (long)T * 3 * H);
 #pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads && ops->host_parallel)
   for (int sq = 0; sq < n_seq; sq++) {

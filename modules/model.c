@@ -284,7 +284,6 @@ static void carve(model *m, arena *a) {
     A->u2 = TAKEF(a, T * FF);
     A->s = TAKEF(a, T * FF);
   }
-  m->xf = TAKEF(a, T * H);
   m->f_rstd = TAKEF(a, T);
   m->hsel = TAKEF(a, T * H);
   m->dhsel = TAKEF(a, T * H);
@@ -453,18 +452,19 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   ops->rows_copy(x, NULL, m->wte.w, m->idx.tokens, T, H); /* every position, then the slots */
   if (m->n_slot > 0) ops->rows_copy(x, m->idx.slot_pos, m->feat, m->idx.slot_src, m->n_slot, H);
   release(m, m->mod_embed, 0);
+  /* The last block computes its output only at the rows that have a target
+   * (compacted: llm_in[LL] holds Mv rows), the only rows the head reads. */
+  const int Mv = m->n_sel;
   for (int L = 0; L < LL; L++) {
     acquire(m, m->mod_llm0 + L, L + 1 < LL ? m->mod_llm0 + L + 1 : m->mod_head, 0);
     llm_block_forward(m, L, &m->la[m->recompute_llm ? 0 : L], m->llm_in[L + 1], m->llm_in[L], T,
-                      n_seq, 1);
+                      n_seq, L == LL - 1 ? m->idx.sel_rows : NULL, Mv, 1);
     release(m, m->mod_llm0 + L, 0);
   }
   /* ---- head: loss on the positions that have a target, and its backward ---- */
   acquire(m, m->mod_head, m->mod_llm0 + LL - 1, 1);
-  const float *xL = m->llm_in[LL];
-  ops->rmsnorm_forward(m->xf, m->f_rstd, xL, m->ln_f.w, T, H, eps);
-  const int Mv = m->n_sel;
-  if (Mv > 0) ops->rows_copy(m->hsel, NULL, m->xf, m->idx.sel_rows, Mv, H);
+  const float *xL = m->llm_in[LL]; /* [Mv, H] */
+  if (Mv > 0) ops->rmsnorm_forward(m->hsel, m->f_rstd, xL, m->ln_f.w, Mv, H, eps);
   zero(m, m->dhsel, (long)Mv * H);
   double lsum = 0.0;
   for (int i0 = 0; i0 < Mv; i0 += m->logit_rows) {
@@ -477,11 +477,9 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
   }
   *loss_sum = lsum;
   *n_targets = Mv;
-  float *dy = m->d_res, *dx = m->d_next;
-  zero(m, m->d_small, (long)T * H);
-  if (Mv > 0) ops->rows_copy(m->d_small, m->idx.sel_rows, m->dhsel, NULL, Mv, H);
-  zero(m, dy, (long)T * H);
-  ops->rmsnorm_backward(dy, m->ln_f.g, m->d_small, xL, m->ln_f.w, m->f_rstd, T, H);
+  float *dy = m->d_res, *dx = m->d_next; /* dy: [Mv, H] for the last block, then [T, H] */
+  zero(m, dy, (long)Mv * H);
+  if (Mv > 0) ops->rmsnorm_backward(dy, m->ln_f.g, m->dhsel, xL, m->ln_f.w, m->f_rstd, Mv, H);
   release(m, m->mod_head, 1);
 
   /* ---- backward: LLM ---- */
@@ -489,10 +487,12 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
     int next = L > 0 ? m->mod_llm0 + L - 1 : (need_dx0 ? m->mod_embed : -1);
     acquire(m, m->mod_llm0 + L, next, 1);
     llm_acts *A = &m->la[m->recompute_llm ? 0 : L];
-    if (m->recompute_llm) llm_block_forward(m, L, A, m->llm_in[L + 1], m->llm_in[L], T, n_seq, 0);
+    const int *rows = L == LL - 1 ? m->idx.sel_rows : NULL;
+    if (m->recompute_llm)
+      llm_block_forward(m, L, A, m->llm_in[L + 1], m->llm_in[L], T, n_seq, rows, Mv, 0);
     int want_dx = L > 0 || need_dx0;
     if (want_dx) zero(m, dx, (long)T * H);
-    llm_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->llm_in[L], T, n_seq);
+    llm_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->llm_in[L], T, n_seq, rows, Mv);
     release(m, m->mod_llm0 + L, 1);
     float *tmp = dy;
     dy = dx;

@@ -133,7 +133,7 @@ typedef struct {
   /* ---- LLM activations (T = max_tokens) ---- */
   float **llm_in;    /* [layers + 1] */
   llm_acts *la;      /* [layers] or [1] */
-  float *xf, *f_rstd;
+  float *f_rstd;     /* [T] ln_f at the rows with a target */
   int logit_rows;    /* rows of logits computed at once */
   float *hsel, *dhsel, *logits; /* [T,H], [T,H], [chunk, V] */
   /* ---- backward scratch ---- */

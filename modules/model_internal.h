@@ -65,10 +65,11 @@ void resampler_forward(model *m, int n_views);
 /* d_feat -> parameter grads and, when the ViT needs it, d_vit (written). */
 void resampler_backward(model *m, int n_views);
 
-/* LLM (llm.c) over the packed tokens of a micro-batch. */
+/* LLM (llm.c) over the packed tokens of a micro-batch. rows == NULL: y and dy
+ * at all T rows; else only at the M rows listed, compacted (see llm.c). */
 void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, int T, int n_seq,
-                       int count);
+                       const int *rows, int M, int count);
 void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy, const float *x,
-                        int T, int n_seq);
+                        int T, int n_seq, const int *rows, int M);
 
 #endif

@@ -80,8 +80,10 @@ VARIANTS = {
 
 def make_samples(cfg, seed, n, two_image_at=1, text_only_at=None):
     """n samples: [prefix text] <img> slots </img> ... question, answer, eos; labels
-    -100 except the answer and eos (2-3 targets); lengths differ; sample
-    `two_image_at` has two images; sample `text_only_at` (if any) has none."""
+    -100 except the answer and eos (2-3 targets) and, in odd samples with an
+    image, the token after the first </img> (a target mid-sequence, as in
+    multi-turn data); lengths differ; sample `two_image_at` has two images;
+    sample `text_only_at` (if any) has none."""
     rng = np.random.default_rng(seed)
     S = cfg.image_size
     lo, hi = 3, cfg.image_start_id - 1  # ordinary text ids (no image tags, no eos)
@@ -97,6 +99,9 @@ def make_samples(cfg, seed, n, two_image_at=1, text_only_at=None):
         n_ans = int(rng.integers(1, 3))
         answer = list(rng.integers(lo, hi, size=n_ans)) + [cfg.eos_id]
         labels = [mr.IGNORE] * len(toks) + answer
+        if i % 2 and n_img > 0:
+            k = toks.index(cfg.img_end_id) + 1
+            labels[k] = toks[k]
         toks = toks + answer
         imgs = rng.integers(0, 256, size=(n_img, S, S, 3), dtype=np.uint8)
         samples.append((np.array(toks, np.int64), np.array(labels, np.int64), imgs))
