@@ -1,6 +1,6 @@
 /* tests/gpu/check_backend.c: the CUDA dispatch table (kernels/cuda/backend_cuda.c,
- * contract kernels/backend.h) against a CPU table built here from the kernels of
- * kernels/kernels.h, entry by entry, on the same random inputs.
+ * contract kernels/backend.h) against the CPU table (kernels/cpu/backend_cpu.c: the
+ * kernels of kernels/kernels.h), entry by entry, on the same random inputs.
  *
  * The kernels themselves are checked in depth by check_kernels; this program checks the
  * table: that every entry is set, reaches the right cuda_<name> with its arguments in
@@ -36,6 +36,7 @@
 #include "kernels/backend.h"
 #include "kernels/cuda/backend_cuda.h"
 #include "kernels/kernels.h"
+#include "tests/gpu/check_report.h"
 
 #define TOL_F32 1e-5
 #define TOL_ATTN_FWD 2e-5
@@ -44,66 +45,10 @@
 
 static const vlm_backend *G; /* the CUDA table under test */
 static vlm_rng rng;
-static int n_pass, n_fail;
 
-/* ---- the CPU reference table: kernels.h's functions, host memory ------------------ */
-
-static void *cpu_alloc(size_t bytes, const char *what) { return vlm_alloc(bytes, what); }
-static void cpu_free(void *p) { vlm_free(p); }
-static void cpu_move(void *dst, const void *src, size_t bytes) { memmove(dst, src, bytes); }
-static void cpu_zero(float *x, long n) { memset(x, 0, (size_t)n * sizeof(float)); }
-static void cpu_sync(void) {}
-
-/* Assigning kernels.h's functions to the table's fields checks at compile time that the
- * contract's signatures are the CPU kernels' own. */
-static const vlm_backend cpu_table = {
-    .name = "cpu (reference, built by check_backend)",
-    .on_device = 0,
-    .host_parallel = 1,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_move,
-    .download = cpu_move,
-    .copy = cpu_move,
-    .zero = cpu_zero,
-    .sync = cpu_sync,
-    .linear_forward = linear_forward,
-    .linear_backward = linear_backward,
-    .matmul_forward = matmul_forward,
-    .matmul_backward = matmul_backward,
-    .layernorm_forward = layernorm_forward,
-    .layernorm_backward = layernorm_backward,
-    .rmsnorm_forward = rmsnorm_forward,
-    .rmsnorm_backward = rmsnorm_backward,
-    .gelu_forward = gelu_forward,
-    .gelu_backward = gelu_backward,
-    .swiglu_forward = swiglu_forward,
-    .swiglu_backward = swiglu_backward,
-    .softmax_forward = softmax_forward,
-    .softmax_backward = softmax_backward,
-    .rope_forward = rope_forward,
-    .rope_backward = rope_backward,
-    .attention_scratch_floats = attention_scratch_floats,
-    .attention_forward = attention_forward,
-    .attention_backward = attention_backward,
-    .cross_entropy_forward_backward = cross_entropy_forward_backward,
-    .patch_im2col = patch_im2col,
-    .bicubic_resize_forward = bicubic_resize_forward,
-    .bicubic_resize_backward = bicubic_resize_backward,
-    .sincos_2d_table = sincos_2d_table,
-    .adamw_step = adamw_step,
-    .sum_squares = sum_squares,
-    .scale_inplace = scale_inplace,
-    .lora_forward = lora_forward,
-    .lora_backward = lora_backward,
-    .add_into = add_into,
-    .add_vec = add_vec,
-    .add_rows_bcast = add_rows_bcast,
-    .rows_copy = rows_copy,
-    .rows_segment_add = rows_segment_add,
-    .image_normalize = image_normalize,
-};
-static const vlm_backend *C = &cpu_table;
+/* The reference: the CPU table vlmtrain itself runs (kernels/cpu/backend_cpu.c), whose
+ * entries are kernels.h's functions unchanged. */
+static const vlm_backend *C;
 
 /* ---- plumbing ------------------------------------------------------------------------ */
 
@@ -143,27 +88,6 @@ static float *g_floats(size_t n, int line) {
 #define G_FLOATS(n) g_floats((size_t)(n), __LINE__)
 static void g_free(void *p) {
   if (p) G->free(p);
-}
-
-static double rel_err(const float *a, const float *b, size_t n) {
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < n; i++) {
-    if (!isfinite(a[i]) && isfinite(b[i])) return INFINITY;
-    if (isfinite(b[i])) {
-      num = fmax(num, fabs((double)a[i] - (double)b[i]));
-      den = fmax(den, fabs((double)b[i]));
-    }
-  }
-  return den > 0.0 ? num / den : num;
-}
-
-static void report(int ok, const char *name, double err, double tol) {
-  printf("%s %-58s err %.2e  tol %.0e\n", ok ? "ok  " : "FAIL", name, err, tol);
-  fflush(stdout);
-  if (ok)
-    n_pass++;
-  else
-    n_fail++;
 }
 
 /* Downloads n device floats through the table and compares them with the CPU's
@@ -655,6 +579,7 @@ int main(int argc, char **argv) {
   if (MPI_Init(&argc, &argv) != MPI_SUCCESS) die("MPI_Init failed", __LINE__);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  C = vlm_backend_cpu();
   G = vlm_backend_cuda_init();
   if (!G) {
     fprintf(stderr, "check_backend: the CUDA table cannot be set up (message above)\n");

@@ -39,6 +39,7 @@
 #include "common/rng.h"
 #include "kernels/cuda/kernels_cuda.h"
 #include "kernels/kernels.h"
+#include "tests/gpu/check_report.h"
 
 #define TOL_F32 1e-5
 #define TOL_ATTN_FWD 2e-5
@@ -51,7 +52,6 @@
 static vlm_cuda_ctx ctx;
 static cudaStream_t st;
 static vlm_rng rng;
-static int n_pass, n_fail;
 
 /* ---- plumbing ------------------------------------------------------------------- */
 
@@ -111,32 +111,6 @@ static void d_download(float *h, const float *d, size_t n) {
 
 static void d_free(void *p) {
   if (p) RT(cudaFree(p));
-}
-
-static double max_abs(const float *a, size_t n) {
-  double m = 0.0;
-  for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)a[i]));
-  return m;
-}
-
-/* max|a - b| / max|b|; infinite if a is non-finite where b is finite */
-static double rel_err(const float *a, const float *b, size_t n) {
-  double num = 0.0;
-  for (size_t i = 0; i < n; i++) {
-    if (!isfinite(a[i]) && isfinite(b[i])) return INFINITY;
-    if (isfinite(b[i])) num = fmax(num, fabs((double)a[i] - (double)b[i]));
-  }
-  double den = max_abs(b, n);
-  return den > 0.0 ? num / den : num;
-}
-
-static void report(int ok, const char *name, double err, double tol) {
-  printf("%s %-58s err %.2e  tol %.0e\n", ok ? "ok  " : "FAIL", name, err, tol);
-  fflush(stdout);
-  if (ok)
-    n_pass++;
-  else
-    n_fail++;
 }
 
 /* Downloads gpu (n floats) and compares it with the CPU result. */
