@@ -461,9 +461,8 @@ int cmd_train(int argc, char **argv) {
       goto done;
     }
     const double to = vlm_now();
-    grad_clip(&z, norm, t.grad_clip);
     const double factor = schedule_factor(&t, step);
-    adamw_apply(&opt_state, &z, factor);
+    adamw_apply(&opt_state, &z, factor, grad_clip_coef(norm, t.grad_clip));
     t_opt = vlm_now() - to;
     double dt = vlm_now() - t0;
     MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, comms.world);

@@ -81,5 +81,6 @@ int main(void) {
   int rc = 0;
   rc |= bench("T=1024 H=16 D=104 (ViT, full)", 1024, 16, 104, 0, 1, 5);
   rc |= bench("T=512 H=5 D=128 (LLM, causal)", 512, 5, 128, 1, 0, 10);
+  rc |= bench("T=256 H=6 D=64 (small's ViT, full)", 256, 6, 64, 0, 1, 20);
   return rc ? 1 : 0;
 }

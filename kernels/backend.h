@@ -98,7 +98,7 @@ typedef struct vlm_backend {
                                   int C, float *tmp);
   void (*sincos_2d_table)(float *out, int G, int dim);
   void (*adamw_step)(float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
-                     float beta2, float eps, float weight_decay, long t);
+                     float beta2, float eps, float weight_decay, long t, float g_scale);
   double (*sum_squares)(const float *g, long n); /* host value */
   void (*scale_inplace)(float *x, long n, float s);
   void (*lora_forward)(float *y, float *t, const float *x, const float *A, const float *B,

@@ -139,10 +139,12 @@ void sincos_2d_table(float *out, int G, int dim);
 
 /* ---- optimizer ------------------------------------------------------------ */
 
-/* One AdamW step (torch.optim.AdamW semantics): p *= 1 - lr*wd; m, v updated;
- * p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). t is the 1-based step. */
+/* One AdamW step (torch.optim.AdamW semantics) with the gradient g * g_scale, the
+ * fp32 product torch's clip_grad_norm_ leaves in the gradient (g_scale: the clipping
+ * coefficient, 1 when not clipping; g itself is not modified): p *= 1 - lr*wd; m, v
+ * updated; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). t: the 1-based step. */
 void adamw_step(float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
-                float beta2, float eps, float weight_decay, long t);
+                float beta2, float eps, float weight_decay, long t, float g_scale);
 
 /* Sum of squares of g[n], accumulated in double. */
 double sum_squares(const float *g, long n);

@@ -36,8 +36,9 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
 
   ops->rmsnorm_forward(A->a, A->rstd1, x, b->ln1.w, T, H, eps);
   lin_fwd(m, count, A->qkv, A->a, b->c_attn_w, b->c_attn_b.w, T, H, 3 * H);
-  ops->rope_forward(A->qkv, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
-  ops->rope_forward(A->qkv + H, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
+  /* q and k in one call: each row's k heads follow its q heads, so [q|k] is 2 nh heads
+   * that share every position's angles (computed once for both). */
+  ops->rope_forward(A->qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base);
 #pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads && ops->host_parallel)
   for (int sq = 0; sq < n_seq; sq++) {
     int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
@@ -129,8 +130,7 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
     attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
     m->flops += 2.0 * attn_flops(&s);
   }
-  ops->rope_backward(d_qkv, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
-  ops->rope_backward(d_qkv + H, m->idx.pos_ids, T, nh, D, c->rotary_dim, 3 * H, base);
+  ops->rope_backward(d_qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base); /* [q|k] */
   int need_da = dx || b->ln1.g;
   float *d_a = need_da ? m->d_small : NULL;
   if (d_a) zero(m, d_a, (long)T * H);

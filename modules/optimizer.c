@@ -68,13 +68,13 @@ double schedule_factor(const train_config *t, long step) {
 
 double grad_global_norm(const zero_state *z) { return sqrt(zero_grad_norm_sq(z)); }
 
-void grad_clip(zero_state *z, double norm, double max_norm) {
-  if (max_norm <= 0 || z->n_local_grad == 0) return;
+double grad_clip_coef(double norm, double max_norm) {
+  if (max_norm <= 0) return 1.0;
   double coef = max_norm / (norm + 1e-6);
-  if (coef < 1.0) z->ops->scale_inplace(z->grads, z->n_local_grad, (float)coef);
+  return coef < 1.0 ? coef : 1.0;
 }
 
-void adamw_apply(adamw_state *s, zero_state *z, double factor) {
+void adamw_apply(adamw_state *s, zero_state *z, double factor, double g_scale) {
   const registry *r = z->reg;
   s->step++;
   for (int i = 0; i < r->n; i++) {
@@ -88,6 +88,6 @@ void adamw_apply(adamw_state *s, zero_state *z, double factor) {
     if (hi <= lo) continue;
     const param_group *gr = &r->groups[p->group];
     z->ops->adamw_step(w, g, m1, m2, hi - lo, (float)(gr->lr * factor), (float)s->beta1, (float)s->beta2,
-               (float)s->eps, (float)gr->weight_decay, s->step);
+               (float)s->eps, (float)gr->weight_decay, s->step, (float)g_scale);
   }
 }

@@ -31,11 +31,12 @@ double schedule_factor(const train_config *t, long step);
 
 /* Global gradient norm across all shards (before clipping; same on every rank). */
 double grad_global_norm(const zero_state *z);
-/* Scales the gradients so their norm is at most max_norm (HF/torch
- * clip_grad_norm_: coefficient max_norm / (norm + 1e-6) when below 1). */
-void grad_clip(zero_state *z, double norm, double max_norm);
-/* One AdamW step of this rank's part of every trainable parameter:
- * lr = group lr * factor, the group's weight decay. */
-void adamw_apply(adamw_state *s, zero_state *z, double factor);
+/* The factor that brings the gradient norm to at most max_norm (HF/torch
+ * clip_grad_norm_: max_norm / (norm + 1e-6) when below 1, else 1; max_norm <= 0: 1). */
+double grad_clip_coef(double norm, double max_norm);
+/* One AdamW step of this rank's part of every trainable parameter, on the gradients
+ * times g_scale (grad_clip_coef: clipping is fused into the step, the gradient
+ * buffers are left as they are): lr = group lr * factor, the group's weight decay. */
+void adamw_apply(adamw_state *s, zero_state *z, double factor, double g_scale);
 
 #endif

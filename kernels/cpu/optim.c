@@ -1,8 +1,9 @@
 /* kernels/cpu/optim.c: the optimizer step and its helpers on flat fp32 ranges.
  *
- * adamw_step             torch.optim.AdamW (decoupled decay, bias-corrected moments);
+ * adamw_step             torch.optim.AdamW (decoupled decay, bias-corrected moments)
+ *                        on the clipped gradient g * g_scale (clipping fused in);
  * sum_squares            sum of g^2 in double (global-norm clipping);
- * scale_inplace          x *= s (clipping, loss scaling);
+ * scale_inplace          x *= s;
  * lr_cosine_with_warmup  HF transformers' get_cosine_schedule_with_warmup multiplier.
  * Flat OpenMP loops; the per-step scalars are computed in double as torch computes
  * them in Python, then used in fp32 per element. */
@@ -12,10 +13,10 @@
 
 #define VLM_PI 3.14159265358979323846
 
-/* p -= lr*wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+/* g' = g * g_scale; p -= lr*wd*p; m = b1*m + (1-b1)*g'; v = b2*v + (1-b2)*g'^2;
  * p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps) */
 void adamw_step(float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
-                float beta2, float eps, float weight_decay, long t) {
+                float beta2, float eps, float weight_decay, long t, float g_scale) {
   double bc1 = 1.0 - pow((double)beta1, (double)t);
   double bc2 = 1.0 - pow((double)beta2, (double)t);
   float decay = (float)(1.0 - (double)lr * (double)weight_decay);
@@ -24,7 +25,7 @@ void adamw_step(float *p, const float *g, float *m, float *v, long n, float lr, 
   float one_m_b1 = 1.0f - beta1, one_m_b2 = 1.0f - beta2;
 #pragma omp parallel for simd schedule(static)
   for (long i = 0; i < n; i++) {
-    float gi = g[i];
+    float gi = g[i] * g_scale;
     float mi = beta1 * m[i] + one_m_b1 * gi;
     float vi = beta2 * v[i] + one_m_b2 * gi * gi;
     m[i] = mi;

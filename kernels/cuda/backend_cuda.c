@@ -254,8 +254,9 @@ static void be_sincos_2d_table(float *out, int G, int dim) {
   cuda_sincos_2d_table(CTX, out, G, dim);
 }
 static void be_adamw_step(float *p, const float *g, float *m, float *v, long n, float lr,
-                          float beta1, float beta2, float eps, float weight_decay, long t) {
-  cuda_adamw_step(CTX, p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+                          float beta1, float beta2, float eps, float weight_decay, long t,
+                          float g_scale) {
+  cuda_adamw_step(CTX, p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t, g_scale);
 }
 static double be_sum_squares(const float *g, long n) {
   double r = 0.0;

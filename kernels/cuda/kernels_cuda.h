@@ -225,15 +225,16 @@ void cuda_sincos_2d_table(vlm_cuda_ctx *ctx, cudaStream_t stream, float *out, in
 
 /* ---- optimizer ------------------------------------------------------------------------ */
 
-/* Fused AdamW on fp32 master weights p and fp32 moments m, v (torch.optim.AdamW). */
+/* Fused AdamW on fp32 master weights p and fp32 moments m, v (torch.optim.AdamW), on the
+ * gradient g * g_scale (the clipping coefficient; g is not modified). */
 void cuda_adamw_step(vlm_cuda_ctx *ctx, cudaStream_t stream, float *p, const float *g, float *m,
                      float *v, long n, float lr, float beta1, float beta2, float eps,
-                     float weight_decay, long t);
+                     float weight_decay, long t, float g_scale);
 /* The same step, also writing p_bf16[n] = bf16(updated p) (round to nearest even): the
  * bf16 parameter copy that bf16 runs gather and compute with. */
 void cuda_adamw_step_bf16(vlm_cuda_ctx *ctx, cudaStream_t stream, float *p, vlm_bf16 *p_bf16,
                           const float *g, float *m, float *v, long n, float lr, float beta1,
-                          float beta2, float eps, float weight_decay, long t);
+                          float beta2, float eps, float weight_decay, long t, float g_scale);
 /* *sum_sq += sum_i g[i]^2 in double (sum_sq: device double; fixed-order, deterministic) */
 void cuda_sum_squares(vlm_cuda_ctx *ctx, cudaStream_t stream, double *sum_sq, const float *g,
                       long n);

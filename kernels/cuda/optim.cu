@@ -6,7 +6,7 @@
  * cuda_adamw_step_bf16  the same, also writing the bf16 copy of the updated weights
  *                       (round to nearest even), the copy bf16 runs gather;
  * cuda_sum_squares      sum of g^2 in double, ADDED to a device double (deterministic);
- * cuda_scale_inplace    x *= s (gradient clipping).
+ * cuda_scale_inplace    x *= s.
  * The per-step scalars are formed on the host in double exactly as the CPU does, then
  * applied in fp32 per element with the CPU's expression, so one step matches the CPU
  * to an ulp. lr_cosine_with_warmup is host arithmetic: the CPU function serves both. */
@@ -19,12 +19,13 @@
        i += (long)gridDim.x * blockDim.x)
 
 typedef struct {
-  float beta1, beta2, one_m_b1, one_m_b2, eps, decay, step_size, inv_bc2_sqrt;
+  float beta1, beta2, one_m_b1, one_m_b2, eps, decay, step_size, inv_bc2_sqrt, g_scale;
 } adamw_scalars;
 
 static adamw_scalars adamw_prepare(float lr, float beta1, float beta2, float eps,
-                                   float weight_decay, long t) {
+                                   float weight_decay, long t, float g_scale) {
   adamw_scalars s;
+  s.g_scale = g_scale;
   const double bc1 = 1.0 - pow((double)beta1, (double)t);
   const double bc2 = 1.0 - pow((double)beta2, (double)t);
   s.beta1 = beta1;
@@ -42,7 +43,7 @@ static adamw_scalars adamw_prepare(float lr, float beta1, float beta2, float eps
 __global__ void adamw_kernel(float *p, uint16_t *p_bf16, const float *g, float *m, float *v,
                              long n, adamw_scalars s) {
   GRID_STRIDE(i, n) {
-    const float gi = g[i];
+    const float gi = g[i] * s.g_scale;
     const float mi = s.beta1 * m[i] + s.one_m_b1 * gi;
     const float vi = s.beta2 * v[i] + s.one_m_b2 * gi * gi;
     m[i] = mi;
@@ -60,17 +61,18 @@ __global__ void scale_kernel(float *x, long n, float s) {
 
 extern "C" void cuda_adamw_step(vlm_cuda_ctx *ctx, cudaStream_t stream, float *p, const float *g,
                                 float *m, float *v, long n, float lr, float beta1, float beta2,
-                                float eps, float weight_decay, long t) {
-  cuda_adamw_step_bf16(ctx, stream, p, NULL, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+                                float eps, float weight_decay, long t, float g_scale) {
+  cuda_adamw_step_bf16(ctx, stream, p, NULL, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t,
+                       g_scale);
 }
 
 extern "C" void cuda_adamw_step_bf16(vlm_cuda_ctx *ctx, cudaStream_t stream, float *p,
                                      vlm_bf16 *p_bf16, const float *g, float *m, float *v,
                                      long n, float lr, float beta1, float beta2, float eps,
-                                     float weight_decay, long t) {
+                                     float weight_decay, long t, float g_scale) {
   (void)ctx;
   if (n <= 0) return;
-  const adamw_scalars s = adamw_prepare(lr, beta1, beta2, eps, weight_decay, t);
+  const adamw_scalars s = adamw_prepare(lr, beta1, beta2, eps, weight_decay, t, g_scale);
   adamw_kernel<<<vlm_ew_blocks(n), VLM_EW_THREADS, 0, stream>>>(p, p_bf16, g, m, v, n, s);
   VLM_CUDA_LAUNCHED();
 }

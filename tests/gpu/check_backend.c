@@ -459,8 +459,8 @@ static void test_optimizer(long n) {
   float *p = h_rand(n, 1.0f), *g = h_rand(n, 1.0f), *m = h_rand(n, 0.1f), *v = H_FLOATS(n);
   for (long i = 0; i < n; i++) v[i] = (float)rng_uniform(&rng) * 0.01f;
   float *d_p = G_DUP(p, n), *d_g = G_DUP(g, n), *d_m = G_DUP(m, n), *d_v = G_DUP(v, n);
-  C->adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
-  G->adamw_step(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7);
+  C->adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.37f); /* clipped */
+  G->adamw_step(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.37f);
   cmp("adamw_step p", d_p, p, (size_t)n, TOL_F32);
   cmp("adamw_step m", d_m, m, (size_t)n, TOL_F32);
   cmp("adamw_step v", d_v, v, (size_t)n, TOL_F32);

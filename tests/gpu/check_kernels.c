@@ -693,14 +693,15 @@ static void test_optimizer(long n) {
   float *d_m = d_upload(m, (size_t)n), *d_v = d_upload(v, (size_t)n);
   vlm_bf16 *d_pb = d_alloc((size_t)n * 2);
   for (long t = 1; t <= 3; t++) {
-    adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t);
+    const float gs = t == 2 ? 0.37f : 1.0f; /* step 2 with a clipping coefficient */
+    adamw_step(p, g, m, v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, gs);
     if (t < 3)
-      cuda_adamw_step(&ctx, st, d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t);
+      cuda_adamw_step(&ctx, st, d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, t, gs);
     else
       cuda_adamw_step_bf16(&ctx, st, d_p, d_pb, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f,
-                           0.1f, t);
+                           0.1f, t, gs);
   }
-  check("adamw_step x3 (last with bf16 copy) p", d_p, p, (size_t)n, TOL_F32);
+  check("adamw_step x3 (2nd clipped, last with bf16 copy) p", d_p, p, (size_t)n, TOL_F32);
   check("adamw_step x3 m", d_m, m, (size_t)n, TOL_F32);
   check("adamw_step x3 v", d_v, v, (size_t)n, TOL_F32);
   /* the bf16 copy is exactly the rounding of the GPU's own fp32 result */

@@ -204,7 +204,7 @@ def case_sincos(f, name, G, dim):
     put(g, table=sincos_reference(G, dim))
 
 
-def case_adamw(f, name, n, steps, lr, betas, eps, wd):
+def case_adamw(f, name, n, steps, lr, betas, eps, wd, gscale):
     p0 = torch.randn(n, dtype=torch.float32)
     grads = torch.randn(steps, n, dtype=torch.float32) * torch.rand(1, n) * 3
     grads[:, :7] = 0.0  # zero gradients: pure decay
@@ -213,11 +213,14 @@ def case_adamw(f, name, n, steps, lr, betas, eps, wd):
     ps = []
     for s in range(steps):
         p.grad = grads[s].clone()
+        if gscale != 1.0:  # what clip_grad_norm_ does to the gradient: an fp32 in-place product
+            p.grad.mul_(torch.tensor(gscale, dtype=torch.float32))
         opt.step()
         ps.append(p.detach().clone())
     st = opt.state[p]
     g = f.create_group(name)
-    attrs(g, n=n, steps=steps, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, wd=wd)
+    attrs(g, n=n, steps=steps, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, wd=wd,
+          gscale=gscale)
     put(g, p0=p0, grads=grads, p=torch.stack(ps), m=st["exp_avg"], v=st["exp_avg_sq"])
 
 
@@ -275,7 +278,8 @@ def main():
         case_sincos(f, "sincos_5_16", 5, 16)
         case_sincos(f, "sincos_7_36", 7, 36)
         case_sincos(f, "sincos_16_64", 16, 64)
-        case_adamw(f, "adamw", 1001, 5, 1e-2, (0.9, 0.95), 1e-8, 0.1)
+        case_adamw(f, "adamw", 1001, 5, 1e-2, (0.9, 0.95), 1e-8, 0.1, 1.0)
+        case_adamw(f, "adamw_clipped", 1001, 5, 1e-2, (0.9, 0.95), 1e-8, 0.1, 0.37)
         case_sum_squares(f, "sum_squares", 100003)
         case_lr(f, "lr_half_cycle", 10, 100, 0.5)
         case_lr(f, "lr_no_warmup", 0, 37, 1.5)

@@ -427,14 +427,14 @@ static void test_adamw(const char *cs) {
   long n = ai(g, "n");
   int steps = ai(g, "steps");
   float lr = (float)ad(g, "lr"), b1 = (float)ad(g, "beta1"), b2 = (float)ad(g, "beta2");
-  float eps = (float)ad(g, "eps"), wd = (float)ad(g, "wd");
+  float eps = (float)ad(g, "eps"), wd = (float)ad(g, "wd"), gscale = (float)ad(g, "gscale");
   float *p = fcopy(rf(g, "p0"), n), *grads = rf(g, "grads"), *e_p = rf(g, "p");
   float *m = fzeros(n), *v = fzeros(n), *prev = fzeros(n), *dg = fzeros(n), *de = fzeros(n);
   char what[64];
   for (int s = 0; s < steps; s++) {
     memcpy(prev, p, n * sizeof(float));
     const float *want = s == 0 ? rf(g, "p0") : e_p + (size_t)(s - 1) * n;
-    adamw_step(p, grads + (size_t)s * n, m, v, n, lr, b1, b2, eps, wd, s + 1);
+    adamw_step(p, grads + (size_t)s * n, m, v, n, lr, b1, b2, eps, wd, s + 1, gscale);
     snprintf(what, sizeof what, "step %d params", s + 1);
     check(cs, what, p, e_p + (size_t)s * n, n, TOL_FWD);
     for (long i = 0; i < n; i++) {
@@ -518,6 +518,7 @@ int main(int argc, char **argv) {
   test_sincos("sincos_7_36");
   test_sincos("sincos_16_64");
   test_adamw("adamw");
+  test_adamw("adamw_clipped"); /* gradient scaled by the clipping coefficient in the step */
   test_sum_squares_scale("sum_squares");
   test_lr("lr_half_cycle");
   test_lr("lr_no_warmup");

@@ -141,8 +141,8 @@ WRAP(bicubic_resize_backward, (float *din, const float *dout, int Hi, int Wi, in
                                float *tmp), (din, dout, Hi, Wi, Ho, Wo, C, tmp))
 WRAP(sincos_2d_table, (float *out, int G, int dim), (out, G, dim))
 WRAP(adamw_step, (float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, long t),
-     (p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t))
+                  float beta2, float eps, float weight_decay, long t, float g_scale),
+     (p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t, g_scale))
 WRAP(scale_inplace, (float *x, long n, float s), (x, n, s))
 WRAP(lora_forward, (float *y, float *t, const float *x, const float *A, const float *B,
                     const float *scale, int N, int K, int O, int r), (y, t, x, A, B, scale, N, K, O, r))

@@ -111,8 +111,8 @@ static int train(const vlm_backend *ops, char **argv, result *res, const char *c
     zero_reduce_grads(&z);
     res->loss[s] = tgt > 0 ? lsum / (double)tgt : 0.0;
     res->norm[s] = grad_global_norm(&z);
-    grad_clip(&z, res->norm[s], 0.05); /* small enough to clip */
-    adamw_apply(&opt, &z, schedule_factor(&t, s));
+    /* max_norm 0.05: small enough to clip */
+    adamw_apply(&opt, &z, schedule_factor(&t, s), grad_clip_coef(res->norm[s], 0.05));
   }
   VLM_CHECK(zero_gather_to_root(&z));
   res->n = r.n_params;
