@@ -255,6 +255,11 @@ int rt_requeue(void) {
   pid_t pid = fork();
   if (pid < 0) VLM_FAIL("cannot requeue job %s: fork failed: %s", job, strerror(errno));
   if (pid == 0) {
+    /* The child is one of the job's processes: a second SIGUSR1 or SIGTERM sent to the
+     * job (a repeated `scancel --signal`, the time limit) would kill scontrol midway
+     * with its default action. Ignored dispositions survive exec, so it finishes. */
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
     char *argv[] = {"scontrol", "requeue", job, NULL};
     execvp(argv[0], argv);
     _exit(127);

@@ -17,7 +17,9 @@ and gnuplot-nox.
       summary.json says 2, and the log has the start-up line (job, restart,
       nodes) of rt_startup_check.
   (b) `scancel --signal=USR1` (twice, the second during the checkpoint) in the
-      middle of the same run: vlmtrain checkpoints, requeues its job, the
+      middle of the same run, and a third SIGUSR1 that `scontrol requeue` gets
+      while it runs (an `scontrol` first in the job's PATH that signals itself,
+      then runs the real one): vlmtrain checkpoints, requeues its job, the
       restarted job resumes (--resume auto) and its final weights are
       bit-identical to those of (a).
   (c) wrong launches are refused with vlmtrain's clear error, never a silent
@@ -346,10 +348,26 @@ def test_a(c):
     return run
 
 
+def signalled_scontrol():
+    """A directory whose `scontrol` is the real one, except that `scontrol requeue` first
+    sends SIGUSR1 to itself: a repeated `scancel --signal=USR1` that lands while vlmtrain's
+    requeue runs, every time rather than by chance. vlmtrain must start scontrol with the
+    stop signals ignored, or this kills it and the job is not requeued."""
+    d = os.path.join(WORK, "scontrol-signalled")
+    os.makedirs(d, exist_ok=True)
+    real = shutil.which("scontrol")
+    with open(os.path.join(d, "scontrol"), "w") as f:
+        f.write(f'#!/bin/sh\nif [ "$1" = requeue ]; then kill -USR1 $$; fi\nexec {real} "$@"\n')
+    os.chmod(os.path.join(d, "scontrol"), 0o755)
+    return d
+
+
 def test_b(c, ref):
     run = os.path.join(WORK, "run-b")
     log = os.path.join(WORK, "b.out")
-    jid = c.sbatch(*SBATCH_2, "--job-name=vlm-b", f"--output={log}", SBATCH_SCRIPT, *train_args(run))
+    path = f"{signalled_scontrol()}:{c.env.get('PATH', '/usr/bin:/bin')}"
+    jid = c.sbatch(*SBATCH_2, "--job-name=vlm-b", f"--output={log}", f"--export=ALL,PATH={path}",
+                   SBATCH_SCRIPT, *train_args(run))
     t0 = time.monotonic()
     signalled_at = None
     while time.monotonic() - t0 < 120:
