@@ -39,14 +39,13 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
   /* q and k in one call: each row's k heads follow its q heads, so [q|k] is 2 nh heads
    * that share every position's angles (computed once for both). */
   ops->rope_forward(A->qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base);
-#pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads && ops->host_parallel)
-  for (int sq = 0; sq < n_seq; sq++) {
+  PAR_FOR(n_seq >= m->nthreads && ops->host_parallel, sq, n_seq, {
     int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
     attn_shape s = seq_shape(m, len);
     const float *q = A->qkv + (size_t)t0 * 3 * H;
     ops->attention_forward(A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H,
                            &s, attn_scratch_for_thread(m, omp_get_thread_num()));
-  }
+  });
   if (count)
     for (int sq = 0; sq < n_seq; sq++) {
       attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
@@ -116,8 +115,7 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
     lin_bwd(m, d_ctx, b->c_proj, NULL, d_x1, A->ctx, T, H, H);
   }
   zero(m, d_qkv, (long)T * 3 * H);
-#pragma omp parallel for schedule(dynamic) if (n_seq >= m->nthreads && ops->host_parallel)
-  for (int sq = 0; sq < n_seq; sq++) {
+  PAR_FOR(n_seq >= m->nthreads && ops->host_parallel, sq, n_seq, {
     int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
     attn_shape s = seq_shape(m, len);
     const float *q = A->qkv + (size_t)t0 * 3 * H;
@@ -125,7 +123,7 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
     ops->attention_backward(dq, dq + H, dq + 2 * H, d_ctx + (size_t)t0 * H,
                             A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H,
                             &s, attn_scratch_for_thread(m, omp_get_thread_num()));
-  }
+  });
   for (int sq = 0; sq < n_seq; sq++) {
     attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
     m->flops += 2.0 * attn_flops(&s);

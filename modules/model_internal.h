@@ -30,6 +30,25 @@ static inline double attn_flops(const attn_shape *s) {
   return s->causal ? 0.5 * f : f;
 }
 
+/* for (int i = 0; i < n; i++) { body }: shared out over the OpenMP threads
+ * (dynamic schedule) when par holds, else run on the calling thread with no
+ * parallel region around it. Why not `#pragma omp parallel for if (par)`: a
+ * false if-clause still opens a (serialised) region, and a parallel region
+ * inside it is a nested team, for which libgomp starts new threads every time
+ * (its pool of reusable threads serves only the outermost level) while the
+ * pool's own workers spin beside them on the same cores. The bodies call
+ * kernels that open their own regions (OpenBLAS, attention), so on the serial
+ * path those must start at the outermost level. */
+#define PAR_FOR(par, i, n, ...)                        \
+  do {                                                 \
+    if (par) {                                         \
+      _Pragma("omp parallel for schedule(dynamic)")    \
+      for (int i = 0; i < (n); i++) { __VA_ARGS__ }    \
+    } else {                                           \
+      for (int i = 0; i < (n); i++) { __VA_ARGS__ }    \
+    }                                                  \
+  } while (0)
+
 /* Run one attention call per view on the OpenMP threads (each call single-
  * threaded) only when the backend allows it and the views share out evenly;
  * otherwise the views go one after the other and each call spreads its heads and

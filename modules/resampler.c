@@ -51,11 +51,11 @@ void resampler_forward(model *m, int n_views) {
   lin_fwd(m, 1, m->K, m->keys, rows_of(m->r_in_w, EE), m->r_in_b.w + E, N, E, E);
   lin_fwd(m, 1, m->V, m->kvn, rows_of(m->r_in_w, 2 * EE), m->r_in_b.w + 2 * E, N, E, E);
   attn_shape s = resampler_shape(m);
-#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
-  for (int vi = 0; vi < n_views; vi++)
+  PAR_FOR(views_in_parallel(m, n_views), vi, n_views, {
     ops->attention_forward(m->r_ctx + (size_t)vi * nq * E, m->r_lse + (size_t)vi * hr * nq, m->Q,
                            m->K + (size_t)vi * NP * E, m->V + (size_t)vi * NP * E, &s,
                            attn_scratch_for_thread(m, omp_get_thread_num()));
+  });
   m->flops += n_views * attn_flops(&s);
   lin_fwd(m, 1, m->r_o, m->r_ctx, m->r_out_w, m->r_out_b.w, NQ, E, E);
   ops->layernorm_forward(m->zpost, m->post_mean, m->post_rstd, m->r_o, m->ln_post_w.w, m->ln_post_b.w, NQ, E,
@@ -88,13 +88,13 @@ void resampler_backward(model *m, int n_views) {
   zero(m, m->dK, (long)N * E);
   zero(m, m->dV, (long)N * E);
   attn_shape s = resampler_shape(m);
-#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
-  for (int vi = 0; vi < n_views; vi++)
+  PAR_FOR(views_in_parallel(m, n_views), vi, n_views, {
     ops->attention_backward(m->dQ + (size_t)vi * nq * E, m->dK + (size_t)vi * NP * E,
                             m->dV + (size_t)vi * NP * E, m->d_rctx + (size_t)vi * nq * E,
                             m->r_ctx + (size_t)vi * nq * E, m->r_lse + (size_t)vi * hr * nq, m->Q,
                             m->K + (size_t)vi * NP * E, m->V + (size_t)vi * NP * E, &s,
                             attn_scratch_for_thread(m, omp_get_thread_num()));
+  });
   m->flops += 2.0 * n_views * attn_flops(&s);
   /* dQ of view 0 += dQ of views 1, 2, ... (in view order) */
   if (n_views > 1)

@@ -85,45 +85,41 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
 
   ops->layernorm_forward(A->a, A->mean1, A->rstd1, x, b->ln1_w.w, b->ln1_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->qkv, A->a, b->in_w, b->in_b.w, N, W, 3 * W);
-#pragma omp parallel for schedule(static) if (n_win > 1 && par)
-  for (int vi = 0; vi < n_win; vi++) {
+  PAR_FOR(n_win > 1 && par, vi, n_win, {
     int k = view_lora(m, vi);
     size_t o = (size_t)vi * NP;
     ops->lora_forward(A->qkv + o * 3 * W, A->t_in + o * r, A->a + o * W, b->lora_in_a[k].w,
                  b->lora_in_b[k].w, b->lora_in_s[k].w, NP, W, 3 * W, r);
-  }
+  });
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
                   .hsq = 3 * dv, .hsk = 3 * dv, .hsv = 3 * dv, .causal = 0,
                   .scale = 1.0f / sqrtf((float)dv)};
-#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
-  for (int vi = 0; vi < n_views; vi++) {
+  PAR_FOR(views_in_parallel(m, n_views), vi, n_views, {
     const float *q = A->qkv + (size_t)vi * NP * 3 * W;
     ops->attention_forward(A->ctx + (size_t)vi * NP * W, A->lse + (size_t)vi * hv * NP, q, q + dv,
                       q + 2 * dv, &s, attn_scratch_for_thread(m, omp_get_thread_num()));
-  }
+  });
   if (count) m->flops += n_views * attn_flops(&s);
   /* x1 = x + out_proj(ctx) + lora_out(ctx) */
   lin_fwd(m, count, A->x1, A->ctx, b->out_w, b->out_b.w, N, W, W);
-#pragma omp parallel for schedule(static) if (n_win > 1 && par)
-  for (int vi = 0; vi < n_win; vi++) {
+  PAR_FOR(n_win > 1 && par, vi, n_win, {
     int k = view_lora(m, vi);
     size_t o = (size_t)vi * NP;
     ops->lora_forward(A->x1 + o * W, A->t_out + o * r, A->ctx + o * W, b->lora_out_a[k].w,
                  b->lora_out_b[k].w, b->lora_out_s[k].w, NP, W, W, r);
-  }
+  });
   ops->add_into(A->x1, x, (long)N * W);
   /* y = x1 + mlp(ln_2(x1)) + mlp_lora(x1) */
   ops->layernorm_forward(A->c, A->mean2, A->rstd2, A->x1, b->ln2_w.w, b->ln2_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->f, A->c, b->fc_w, b->fc_b.w, N, W, F);
   ops->gelu_forward(A->g, A->f, (long)N * F);
   lin_fwd(m, count, y, A->g, b->proj_w, b->proj_b.w, N, F, W);
-#pragma omp parallel for schedule(static) if (n_win > 1 && par)
-  for (int vi = 0; vi < n_win; vi++) {
+  PAR_FOR(n_win > 1 && par, vi, n_win, {
     int k = view_lora(m, vi);
     size_t o = (size_t)vi * NP;
     ops->lora_forward(y + o * W, A->t_mlp + o * r2, A->x1 + o * W, b->lora_mlp_a[k].w,
                  b->lora_mlp_b[k].w, b->lora_mlp_s[k].w, NP, W, W, r2);
-  }
+  });
   ops->add_into(y, A->x1, (long)N * W);
   if (count) /* LoRA FLOPs: two thin GEMMs per adapter per view */
     m->flops += 2.0 * n_views * v->n_windows / (v->n_windows + 1) * NP *
@@ -138,15 +134,14 @@ static void lora_views_backward(model *m, float *dx, int ldx, const float *dy, i
                                 const wp *S, int K, int O) {
   const visual_config *v = &m->cfg->visual;
   const int NP = v->n_patches, nw = v->n_windows, n_win_views = m->n_img * nw;
-#pragma omp parallel for schedule(dynamic) if (v->n_windows > 1 && m->ops->host_parallel)
-  for (int k = 0; k < v->n_windows; k++) {
+  PAR_FOR(v->n_windows > 1 && m->ops->host_parallel, k, v->n_windows, {
     float *scratch = m->lora_scratch + (size_t)omp_get_thread_num() * NP * m->lora_rmax;
     for (int vi = k; vi < n_win_views; vi += nw) {
       size_t o = (size_t)vi * NP;
       m->ops->lora_backward(dx ? dx + o * ldx : NULL, A[k].g, B[k].g, S[k].g, dy + o * ldy, x + o * K,
                     t + o * rank, A[k].w, B[k].w, S[k].w, NP, K, O, rank, scratch);
     }
-  }
+  });
   long windowed = n_win_views;
   m->flops += 2.0 * windowed * NP * rank * (O + (A[0].g ? K : 0) + (B[0].g ? O : 0) + (dx ? K : 0));
 }
@@ -184,15 +179,14 @@ void vit_block_backward(model *m, int L, vit_acts *A, float *dx, const float *dy
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
                   .hsq = 3 * dv, .hsk = 3 * dv, .hsv = 3 * dv, .causal = 0,
                   .scale = 1.0f / sqrtf((float)dv)};
-#pragma omp parallel for schedule(dynamic) if (views_in_parallel(m, n_views))
-  for (int vi = 0; vi < n_views; vi++) {
+  PAR_FOR(views_in_parallel(m, n_views), vi, n_views, {
     size_t o3 = (size_t)vi * NP * 3 * W;
     const float *q = A->qkv + o3;
     float *dq = d_qkv + o3;
     ops->attention_backward(dq, dq + dv, dq + 2 * dv, d_ctx + (size_t)vi * NP * W,
                        A->ctx + (size_t)vi * NP * W, A->lse + (size_t)vi * hv * NP, q, q + dv,
                        q + 2 * dv, &s, attn_scratch_for_thread(m, omp_get_thread_num()));
-  }
+  });
   m->flops += 2.0 * n_views * attn_flops(&s);
   /* qkv = in_proj(a) + lora_in(a), a = ln_1(x) */
   float *d_a = need_da ? m->d_small : NULL;

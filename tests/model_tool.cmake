@@ -21,3 +21,12 @@ set_tests_properties(device_clean_inputs PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}
   FIXTURES_SETUP device_clean)
 set_tests_properties(device_clean PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}"
   FIXTURES_REQUIRED device_clean LABELS "model")
+
+# test_omp_nesting: no kernel is called from inside a serialised OpenMP region
+# (where its own parallel regions would start fresh threads on every call).
+add_executable(test_omp_nesting ${CMAKE_CURRENT_SOURCE_DIR}/model/test_omp_nesting.c)
+target_link_libraries(test_omp_nesting PRIVATE vlm)
+add_test(NAME omp_nesting COMMAND test_omp_nesting device_clean/model device_clean/data.h5
+  ${CMAKE_CURRENT_SOURCE_DIR}/model/omp_nesting.json WORKING_DIRECTORY ${VLM_TEST_WORK})
+set_tests_properties(omp_nesting PROPERTIES ENVIRONMENT "${VLM_TEST_ENV}"
+  FIXTURES_REQUIRED device_clean LABELS "model")
