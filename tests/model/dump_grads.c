@@ -13,13 +13,9 @@
 #include <string.h>
 
 #include "common/vlm.h"
-#include "io/config.h"
-#include "io/dataset.h"
-#include "io/train_config.h"
-#include "io/weights.h"
 #include "modules/model.h"
-#include "modules/registry.h"
 #include "modules/zero.h"
+#include "tests/model/model_inputs.h"
 
 static int write_scalar(hid_t f, const char *name, hid_t type, const void *v) {
   hid_t sp = H5Screate(H5S_SCALAR);
@@ -32,40 +28,31 @@ static int write_scalar(hid_t f, const char *name, hid_t type, const void *v) {
 
 static int run(int argc, char **argv) {
   if (argc != 5) VLM_FAIL("usage: dump_grads MODEL_DIR DATA.h5 TRAIN.json OUT.h5");
-  char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", argv[1]);
-  monkey_config c;
-  VLM_CHECK(monkey_config_load(&c, path));
-  train_config t;
-  VLM_CHECK(train_config_load(&t, argv[3]));
-  registry r;
-  VLM_CHECK(registry_build(&r, &c));
-  VLM_CHECK(registry_select(&r, &t));
-  VLM_CHECK(registry_alloc(&r));
-  weights_load_stats ws;
-  VLM_CHECK(weights_load_hf_dir(&r, argv[1], (unsigned long)t.seed, &ws));
-  dataset d;
-  VLM_CHECK(dataset_open(&d, argv[2], &c));
-  const int B = t.micro_batch;
-  if (B > d.n_samples) VLM_FAIL("dataset has %ld samples, micro-batch is %d", d.n_samples, B);
-  const size_t img = (size_t)d.image_size * d.image_size * 3;
-  int32_t *tok = malloc((size_t)B * d.max_len * sizeof *tok);
-  int32_t *lab = malloc((size_t)B * d.max_len * sizeof *lab);
-  uint8_t *pix = malloc((size_t)(B * d.max_images + 1) * img);
+  model_inputs in;
+  VLM_CHECK(model_inputs_open(&in, argv[1], argv[2], argv[3]));
+  const train_config *t = &in.t;
+  registry *r = &in.r;
+  dataset *d = &in.d;
+  const int B = t->micro_batch;
+  if (B > d->n_samples) VLM_FAIL("dataset has %ld samples, micro-batch is %d", d->n_samples, B);
+  const size_t img = (size_t)d->image_size * d->image_size * 3;
+  int32_t *tok = malloc((size_t)B * d->max_len * sizeof *tok);
+  int32_t *lab = malloc((size_t)B * d->max_len * sizeof *lab);
+  uint8_t *pix = malloc((size_t)(B * d->max_images + 1) * img);
   int *len = malloc((size_t)B * sizeof *len), *nimg = malloc((size_t)B * sizeof *nimg);
   long t_off = 0, i_off = 0;
   for (int j = 0; j < B; j++) {
-    VLM_CHECK(dataset_read_sample(&d, j, tok + t_off, lab + t_off, &len[j], pix + i_off * img, &nimg[j]));
+    VLM_CHECK(dataset_read_sample(d, j, tok + t_off, lab + t_off, &len[j], pix + i_off * img, &nimg[j]));
     t_off += len[j];
     i_off += nimg[j];
   }
   vlm_comms comms;
   VLM_CHECK(comms_init(&comms, MPI_COMM_SELF, 1));
   zero_state z;
-  VLM_CHECK(zero_init(&z, &comms, &r, t.persistence_threshold, t.max_live_parameters, 0));
+  VLM_CHECK(zero_init(&z, &comms, r, t->persistence_threshold, t->max_live_parameters, 0));
   model m;
-  VLM_CHECK(model_create(&m, vlm_backend_cpu(), &c, &z, B, (int)t_off, (int)(i_off > 0 ? i_off : 1), t.recompute_vit,
-                         t.recompute_llm));
+  VLM_CHECK(model_create(&m, vlm_backend_cpu(), &in.c, &z, B, (int)t_off, (int)(i_off > 0 ? i_off : 1), t->recompute_vit,
+                         t->recompute_llm));
   mb_batch b = {.n_samples = B, .len = len, .n_img = nimg, .tokens = tok, .labels = lab, .pixels = pix};
   long want = mb_count_targets(&b), n_tgt = 0;
   double loss = 0;
@@ -77,8 +64,8 @@ static int run(int argc, char **argv) {
   long long nt = n_tgt;
   VLM_CHECK(write_scalar(f, "/n_targets", H5T_NATIVE_LLONG, &nt));
   hid_t g = H5Gcreate2(f, "/grads", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-  for (int i = 0; i < r.n; i++) {
-    const param_info *p = &r.p[i];
+  for (int i = 0; i < r->n; i++) {
+    const param_info *p = &r->p[i];
     if (!p->trainable) continue;
     hsize_t dims[4];
     for (int k = 0; k < p->ndim; k++) dims[k] = (hsize_t)p->shape[k];
@@ -94,13 +81,11 @@ static int run(int argc, char **argv) {
   H5Gclose(g);
   H5Fclose(f);
   printf("dump_grads: loss %.9g over %ld targets, %ld trainable elements, %.3f GFLOP\n", loss, n_tgt,
-         r.n_trainable, m.flops * 1e-9);
+         r->n_trainable, m.flops * 1e-9);
   model_free(&m);
   zero_free(&z);
   comms_free(&comms);
-  dataset_close(&d);
-  registry_free(&r);
-  train_config_free(&t);
+  model_inputs_close(&in);
   free(tok);
   free(lab);
   free(pix);

@@ -19,13 +19,10 @@
 
 #include "common/vlm.h"
 #include "io/checkpoint.h"
-#include "io/config.h"
-#include "io/dataset.h"
-#include "io/train_config.h"
-#include "io/weights.h"
 #include "modules/model.h"
 #include "modules/optimizer.h"
 #include "modules/zero.h"
+#include "tests/model/model_inputs.h"
 #include "tests/model/strict_backend.h"
 
 enum { STEPS = 2, ACCUM = 2 };
@@ -59,37 +56,28 @@ static int read_batch(dataset *d, long first, int B, batch_buf *bb, mb_batch *b)
 /* Trains STEPS steps on backend ops; with ckpt_dir, also writes a checkpoint at
  * the end and checks that reading it back gives the same shards and moments. */
 static int train(const vlm_backend *ops, char **argv, result *res, const char *ckpt_dir) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", argv[1]);
-  monkey_config c;
-  VLM_CHECK(monkey_config_load(&c, path));
-  train_config t;
-  VLM_CHECK(train_config_load(&t, argv[3]));
-  registry r;
-  VLM_CHECK(registry_build(&r, &c));
-  VLM_CHECK(registry_select(&r, &t));
-  VLM_CHECK(registry_alloc(&r));
-  weights_load_stats ws;
-  VLM_CHECK(weights_load_hf_dir(&r, argv[1], (unsigned long)t.seed, &ws));
-  dataset d;
-  VLM_CHECK(dataset_open(&d, argv[2], &c));
-  const int B = t.micro_batch;
-  if ((long)B * STEPS * ACCUM > d.n_samples)
-    VLM_FAIL("the dataset has %ld samples; %d are needed", d.n_samples, B * STEPS * ACCUM);
-  batch_buf bb = {malloc((size_t)B * d.max_len * 4), malloc((size_t)B * d.max_len * 4),
-                  malloc((size_t)(B * d.max_images + 1) * d.image_size * d.image_size * 3),
+  model_inputs in;
+  VLM_CHECK(model_inputs_open(&in, argv[1], argv[2], argv[3]));
+  const train_config *t = &in.t;
+  registry *r = &in.r;
+  dataset *d = &in.d;
+  const int B = t->micro_batch;
+  if ((long)B * STEPS * ACCUM > d->n_samples)
+    VLM_FAIL("the dataset has %ld samples; %d are needed", d->n_samples, B * STEPS * ACCUM);
+  batch_buf bb = {malloc((size_t)B * d->max_len * 4), malloc((size_t)B * d->max_len * 4),
+                  malloc((size_t)(B * d->max_images + 1) * d->image_size * d->image_size * 3),
                   malloc((size_t)B * sizeof(int)), malloc((size_t)B * sizeof(int))};
   if (!bb.tok || !bb.lab || !bb.pix || !bb.len || !bb.nimg) VLM_FAIL("out of memory");
   vlm_comms comms;
   VLM_CHECK(comms_init(&comms, MPI_COMM_WORLD, 1));
   zero_state z;
-  VLM_CHECK(zero_init_backend(&z, ops, &comms, &r, t.persistence_threshold, t.max_live_parameters, 0));
+  VLM_CHECK(zero_init_backend(&z, ops, &comms, r, t->persistence_threshold, t->max_live_parameters, 0));
   model m;
-  VLM_CHECK(model_create(&m, ops, &c, &z, B, (int)(B * d.max_len),
-                         d.max_images > 0 ? (int)(B * d.max_images) : 1, t.recompute_vit,
-                         t.recompute_llm));
+  VLM_CHECK(model_create(&m, ops, &in.c, &z, B, (int)(B * d->max_len),
+                         d->max_images > 0 ? (int)(B * d->max_images) : 1, t->recompute_vit,
+                         t->recompute_llm));
   adamw_state opt;
-  VLM_CHECK(adamw_init(&opt, &z, &t));
+  VLM_CHECK(adamw_init(&opt, &z, t));
   long next = 0;
   for (int s = 0; s < STEPS; s++) {
     zero_clear_grads(&z);
@@ -97,11 +85,11 @@ static int train(const vlm_backend *ops, char **argv, result *res, const char *c
     long tgt = 0;
     double lsum = 0;
     for (int a = 0; a < ACCUM; a++) { /* the normaliser needs every micro-batch's targets */
-      VLM_CHECK(read_batch(&d, next + (long)a * B, B, &bb, &b[a]));
+      VLM_CHECK(read_batch(d, next + (long)a * B, B, &bb, &b[a]));
       tgt += mb_count_targets(&b[a]);
     }
     for (int a = 0; a < ACCUM; a++) {
-      VLM_CHECK(read_batch(&d, next, B, &bb, &b[a]));
+      VLM_CHECK(read_batch(d, next, B, &bb, &b[a]));
       next += B;
       double l = 0;
       long n = 0;
@@ -112,25 +100,27 @@ static int train(const vlm_backend *ops, char **argv, result *res, const char *c
     res->loss[s] = tgt > 0 ? lsum / (double)tgt : 0.0;
     res->norm[s] = grad_global_norm(&z);
     /* max_norm 0.05: small enough to clip */
-    adamw_apply(&opt, &z, schedule_factor(&t, s), grad_clip_coef(res->norm[s], 0.05));
+    adamw_apply(&opt, &z, schedule_factor(t, s), grad_clip_coef(res->norm[s], 0.05));
   }
   VLM_CHECK(zero_gather_to_root(&z));
-  res->n = r.n_params;
-  res->params = malloc((size_t)r.n_params * sizeof(float));
+  res->n = r->n_params;
+  res->params = malloc((size_t)r->n_params * sizeof(float));
   if (!res->params) VLM_FAIL("out of memory");
-  memcpy(res->params, r.params, (size_t)r.n_params * sizeof(float));
+  memcpy(res->params, r->params, (size_t)r->n_params * sizeof(float));
   int rc = 0;
   if (ckpt_dir) {
     char *mj = NULL;
     long mjl = 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", argv[1]);
     VLM_CHECK(config_read_file(path, &mj, &mjl));
     ckpt_state cs = {.step = STEPS, .R = 1, .S = 1};
-    VLM_CHECK(ckpt_save(ckpt_dir, &z, &opt, &cs, mj, t.json_text, 1));
+    VLM_CHECK(ckpt_save(ckpt_dir, &z, &opt, &cs, mj, t->json_text, 1));
     free(mj);
     zero_state z2;
-    VLM_CHECK(zero_init_backend(&z2, ops, &comms, &r, t.persistence_threshold, t.max_live_parameters, 0));
+    VLM_CHECK(zero_init_backend(&z2, ops, &comms, r, t->persistence_threshold, t->max_live_parameters, 0));
     adamw_state o2;
-    VLM_CHECK(adamw_init(&o2, &z2, &t));
+    VLM_CHECK(adamw_init(&o2, &z2, t));
     int loaded = 0;
     char from[1024];
     VLM_CHECK(ckpt_load(ckpt_dir, &z2, &o2, &cs, &loaded, from, sizeof from));
@@ -151,9 +141,7 @@ static int train(const vlm_backend *ops, char **argv, result *res, const char *c
   model_free(&m);
   zero_free(&z);
   comms_free(&comms);
-  dataset_close(&d);
-  registry_free(&r);
-  train_config_free(&t);
+  model_inputs_close(&in);
   free(bb.tok);
   free(bb.lab);
   free(bb.pix);

@@ -19,13 +19,9 @@
 #include <stdlib.h>
 
 #include "common/vlm.h"
-#include "io/config.h"
-#include "io/dataset.h"
-#include "io/train_config.h"
-#include "io/weights.h"
 #include "modules/model.h"
-#include "modules/registry.h"
 #include "modules/zero.h"
+#include "tests/model/model_inputs.h"
 
 enum { K_LINEAR, K_ATTENTION, K_LORA, K_N };
 static const char *KNAME[K_N] = {"linear", "attention", "lora"};
@@ -79,26 +75,16 @@ static void w_lora_backward(float *dx, float *dA, float *dB, float *dscale, cons
 }
 
 static int run(char **argv) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", argv[1]);
-  monkey_config c;
-  VLM_CHECK(monkey_config_load(&c, path));
-  train_config t;
-  VLM_CHECK(train_config_load(&t, argv[3]));
-  if (t.micro_batch != 1) VLM_FAIL("%s: train_micro_batch_size_per_gpu must be 1", argv[3]);
-  registry r;
-  VLM_CHECK(registry_build(&r, &c));
-  VLM_CHECK(registry_select(&r, &t));
-  VLM_CHECK(registry_alloc(&r));
-  weights_load_stats ws;
-  VLM_CHECK(weights_load_hf_dir(&r, argv[1], (unsigned long)t.seed, &ws));
-  dataset d;
-  VLM_CHECK(dataset_open(&d, argv[2], &c));
-  int32_t *tok = malloc((size_t)d.max_len * sizeof *tok), *lab = malloc((size_t)d.max_len * sizeof *lab);
-  uint8_t *pix = malloc((size_t)(d.max_images + 1) * d.image_size * d.image_size * 3);
+  model_inputs in;
+  VLM_CHECK(model_inputs_open(&in, argv[1], argv[2], argv[3]));
+  const train_config *t = &in.t;
+  if (t->micro_batch != 1) VLM_FAIL("%s: train_micro_batch_size_per_gpu must be 1", argv[3]);
+  dataset *d = &in.d;
+  int32_t *tok = malloc((size_t)d->max_len * sizeof *tok), *lab = malloc((size_t)d->max_len * sizeof *lab);
+  uint8_t *pix = malloc((size_t)(d->max_images + 1) * d->image_size * d->image_size * 3);
   int len = 0, nimg = 0;
   if (!tok || !lab || !pix) VLM_FAIL("out of memory");
-  VLM_CHECK(dataset_read_sample(&d, 0, tok, lab, &len, pix, &nimg));
+  VLM_CHECK(dataset_read_sample(d, 0, tok, lab, &len, pix, &nimg));
   if (nimg != 1) VLM_FAIL("%s: sample 0 has %d images; this test needs 1", argv[2], nimg);
 
   CPU = vlm_backend_cpu();
@@ -114,9 +100,9 @@ static int run(char **argv) {
   vlm_comms comms;
   VLM_CHECK(comms_init(&comms, MPI_COMM_SELF, 1));
   zero_state z;
-  VLM_CHECK(zero_init_backend(&z, &ops, &comms, &r, t.persistence_threshold, t.max_live_parameters, 0));
+  VLM_CHECK(zero_init_backend(&z, &ops, &comms, &in.r, t->persistence_threshold, t->max_live_parameters, 0));
   model m;
-  VLM_CHECK(model_create(&m, &ops, &c, &z, 1, len, 1, t.recompute_vit, t.recompute_llm));
+  VLM_CHECK(model_create(&m, &ops, &in.c, &z, 1, len, 1, t->recompute_vit, t->recompute_llm));
   mb_batch b = {.n_samples = 1, .len = &len, .n_img = &nimg, .tokens = tok, .labels = lab, .pixels = pix};
   long want = mb_count_targets(&b), n_tgt = 0;
   double loss = 0;
@@ -137,9 +123,7 @@ static int run(char **argv) {
   model_free(&m);
   zero_free(&z);
   comms_free(&comms);
-  dataset_close(&d);
-  registry_free(&r);
-  train_config_free(&t);
+  model_inputs_close(&in);
   free(tok);
   free(lab);
   free(pix);
