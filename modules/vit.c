@@ -19,6 +19,19 @@ static int view_lora(const model *m, int vi) {
   return vi < m->n_img * nw ? vi % nw : -1;
 }
 
+/* y[view rows] += LoRA(x[view rows]) for every windowed view (the first
+ * n_img * n_windows), each with its window's set; t keeps the rank-r products. */
+static void lora_views_forward(model *m, float *y, float *t, const float *x, int rank,
+                               const wp *A, const wp *B, const wp *S, int K, int O) {
+  const int NP = m->cfg->visual.n_patches, n_win = m->n_img * m->cfg->visual.n_windows;
+  PAR_FOR(n_win > 1 && m->ops->host_parallel, vi, n_win, {
+    int k = view_lora(m, vi);
+    size_t o = (size_t)vi * NP;
+    m->ops->lora_forward(y + o * O, t + o * rank, x + o * K, A[k].w, B[k].w, S[k].w, NP, K, O,
+                         rank);
+  });
+}
+
 void vit_stem_forward(model *m, int n_images) {
   const visual_config *v = &m->cfg->visual;
   const vlm_backend *ops = m->ops;
@@ -79,18 +92,12 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   const vit_block_w *b = &m->vb[L];
   const int W = v->width, F = v->mlp_width, NP = v->n_patches, N = n_views * NP;
   const int r = v->lora_rank, r2 = v->lora_mlp_rank, hv = v->heads, dv = v->head_dim;
-  const int n_win = m->n_img * v->n_windows; /* the windows come first; only they have LoRA */
   const vlm_backend *ops = m->ops;
-  const int par = ops->host_parallel;
 
   ops->layernorm_forward(A->a, A->mean1, A->rstd1, x, b->ln1_w.w, b->ln1_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->qkv, A->a, b->in_w, b->in_b.w, N, W, 3 * W);
-  PAR_FOR(n_win > 1 && par, vi, n_win, {
-    int k = view_lora(m, vi);
-    size_t o = (size_t)vi * NP;
-    ops->lora_forward(A->qkv + o * 3 * W, A->t_in + o * r, A->a + o * W, b->lora_in_a[k].w,
-                 b->lora_in_b[k].w, b->lora_in_s[k].w, NP, W, 3 * W, r);
-  });
+  lora_views_forward(m, A->qkv, A->t_in, A->a, r, b->lora_in_a, b->lora_in_b, b->lora_in_s, W,
+                     3 * W);
   attn_shape s = {.Tq = NP, .Tk = NP, .H = hv, .D = dv, .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W,
                   .hsq = 3 * dv, .hsk = 3 * dv, .hsv = 3 * dv, .causal = 0,
                   .scale = 1.0f / sqrtf((float)dv)};
@@ -102,24 +109,16 @@ void vit_block_forward(model *m, int L, vit_acts *A, float *y, const float *x, i
   if (count) m->flops += n_views * attn_flops(&s);
   /* x1 = x + out_proj(ctx) + lora_out(ctx) */
   lin_fwd(m, count, A->x1, A->ctx, b->out_w, b->out_b.w, N, W, W);
-  PAR_FOR(n_win > 1 && par, vi, n_win, {
-    int k = view_lora(m, vi);
-    size_t o = (size_t)vi * NP;
-    ops->lora_forward(A->x1 + o * W, A->t_out + o * r, A->ctx + o * W, b->lora_out_a[k].w,
-                 b->lora_out_b[k].w, b->lora_out_s[k].w, NP, W, W, r);
-  });
+  lora_views_forward(m, A->x1, A->t_out, A->ctx, r, b->lora_out_a, b->lora_out_b, b->lora_out_s,
+                     W, W);
   ops->add_into(A->x1, x, (long)N * W);
   /* y = x1 + mlp(ln_2(x1)) + mlp_lora(x1) */
   ops->layernorm_forward(A->c, A->mean2, A->rstd2, A->x1, b->ln2_w.w, b->ln2_b.w, N, W, 1e-6f);
   lin_fwd(m, count, A->f, A->c, b->fc_w, b->fc_b.w, N, W, F);
   ops->gelu_forward(A->g, A->f, (long)N * F);
   lin_fwd(m, count, y, A->g, b->proj_w, b->proj_b.w, N, F, W);
-  PAR_FOR(n_win > 1 && par, vi, n_win, {
-    int k = view_lora(m, vi);
-    size_t o = (size_t)vi * NP;
-    ops->lora_forward(y + o * W, A->t_mlp + o * r2, A->x1 + o * W, b->lora_mlp_a[k].w,
-                 b->lora_mlp_b[k].w, b->lora_mlp_s[k].w, NP, W, W, r2);
-  });
+  lora_views_forward(m, y, A->t_mlp, A->x1, r2, b->lora_mlp_a, b->lora_mlp_b, b->lora_mlp_s, W,
+                     W);
   ops->add_into(y, A->x1, (long)N * W);
   if (count) /* LoRA FLOPs: two thin GEMMs per adapter per view */
     m->flops += 2.0 * n_views * v->n_windows / (v->n_windows + 1) * NP *
