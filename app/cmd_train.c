@@ -18,6 +18,7 @@
 
 #include "app/commands.h"
 #include "app/options.h"
+#include "common/cpus.h"
 #include "common/vlm.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
@@ -396,6 +397,14 @@ int cmd_train(int argc, char **argv) {
           data_path, d.n_samples, d.n_tokens, d.n_images, G * GA, G, GA, W, comms.R, comms.S,
           (int)(G / W), Bmax, t.train_steps, omp_get_max_threads(), t.recompute_vit ? "on" : "off",
           t.recompute_llm ? "on" : "off");
+  {
+    vlm_placement pl;
+    char warn[1024];
+    vlm_omp_placement(&pl);
+    vlm_log("threads: %s\n", pl.text);
+    if (vlm_placement_warning(&pl, warn, sizeof warn))
+      fprintf(stderr, "vlmtrain: warning: rank %d: %s", comms.rank, warn);
+  }
 
   /* The reader thread fetches the next micro-batch while this one computes.
    * pf_epoch/pf_cursor: the data position before the batch in flight, i.e. the

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "app/commands.h"
+#include "common/cpus.h"
 #include "common/vlm.h"
 #include "slurm/runtime.h"
 
@@ -42,6 +43,12 @@ static const int N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0];
 static void default_omp_spin(char **argv) {
   if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
   if (setenv("GOMP_SPINCOUNT", "1000", 1) != 0) return;
+  /* With OMP_PROC_BIND or OMP_PLACES set, libgomp has bound this thread to the first
+   * place already, and the new image would inherit that one CPU as the process's
+   * mask: every thread of the run would then be bound to it. */
+  if (vlm_cpus_restore_process_mask() != 0)
+    fprintf(stderr, "vlmtrain: warning: cannot restore the CPU mask before re-executing (%s); "
+                    "OpenMP threads may be confined to one CPU\n", strerror(errno));
   execv("/proc/self/exe", argv);
   fprintf(stderr, "vlmtrain: warning: cannot re-execute with GOMP_SPINCOUNT=1000 (%s); "
                   "OpenMP threads keep libgomp's long default spin\n", strerror(errno));

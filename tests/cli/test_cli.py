@@ -151,6 +151,31 @@ def main():
     rc, out, _ = run("train", "--model", "model", "--data", "data.h5", "--config", good_cfg, "--out", "run2", "--steps", "1")
     check("--steps overrides train_steps", rc == 0 and len(open("run2/metrics.jsonl").readlines()) == 1)
 
+    # ---- OpenMP binding: vlmtrain re-executes itself to set GOMP_SPINCOUNT; with
+    # OMP_PROC_BIND/OMP_PLACES the new image must still get every CPU of the process
+    # (it once inherited the one CPU libgomp had bound the first thread to) ----
+    want_cpus = min(2, len(os.sched_getaffinity(0)))
+    bind_env = {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}
+    # without GOMP_SPINCOUNT and OMP_WAIT_POLICY, so that the re-exec happens
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    p = subprocess.run([os.environ["VLMTRAIN"], "train", "--model", "model", "--data", "data.h5",
+                        "--config", good_cfg, "--out", "run_bind", "--steps", "1"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**env, **bind_env, "OMP_NUM_THREADS": "2"})
+    line = next((l for l in p.stdout.splitlines() if l.startswith("threads: ")), "")
+    cpus = {c for c in (part.split(" on CPU ")[-1] for part in line.split(",") if " on CPU " in part)}
+    check("OMP_PROC_BIND=close OMP_PLACES=cores: the 2 threads are bound to %d CPU(s)" % want_cpus,
+          p.returncode == 0 and "bound (close)" in line and len(cpus) == want_cpus,
+          f"rc={p.returncode} line={line!r}\n{p.stderr[-800:]}")
+    p = subprocess.run(["taskset", "-c", str(max(os.sched_getaffinity(0))), os.environ["VLMTRAIN"],
+                        "train", "--model", "model", "--data", "data.h5", "--config", good_cfg,
+                        "--out", "run_bind1", "--steps", "1"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**env, **bind_env, "OMP_NUM_THREADS": "2"})
+    check("2 threads on a 1-CPU mask: both on that CPU, and a warning that names the fix",
+          p.returncode == 0 and "share 1 CPU(s)" in p.stderr and "OMP_NUM_THREADS=1" in p.stderr,
+          f"rc={p.returncode}\n{p.stdout[-400:]}\n{p.stderr[-800:]}")
+
     # ---- --device: cpu trains as before (same losses), cuda needs a CUDA build ----
     rc, out, err = run("train", "--model", "model", "--data", "data.h5", "--config", good_cfg, "--out", "run_cpu", "--device", "cpu")
     same = rc == 0 and [json.loads(l)["loss"] for l in open("run_cpu/metrics.jsonl")] == [r["loss"] for r in rows]
