@@ -100,7 +100,6 @@ typedef struct vlm_backend {
   void (*adamw_step)(float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
                      float beta2, float eps, float weight_decay, long t, float g_scale);
   double (*sum_squares)(const float *g, long n); /* host value */
-  void (*scale_inplace)(float *x, long n, float s);
   void (*lora_forward)(float *y, float *t, const float *x, const float *A, const float *B,
                        const float *scale, int N, int K, int O, int r);
   void (*lora_backward)(float *dx, float *dA, float *dB, float *dscale, const float *dy,

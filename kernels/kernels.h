@@ -148,7 +148,7 @@ void adamw_step(float *p, const float *g, float *m, float *v, long n, float lr, 
 
 /* Sum of squares of g[n], accumulated in double. */
 double sum_squares(const float *g, long n);
-/* x[n] *= s */
+/* x[n] *= s (the reference for the CUDA check of cuda_scale_inplace; the model does not use it) */
 void scale_inplace(float *x, long n, float s);
 
 /* HF get_cosine_schedule_with_warmup multiplier for 0-based optimizer step

@@ -65,7 +65,6 @@ static const vlm_backend CPU = {
     .sincos_2d_table = sincos_2d_table,
     .adamw_step = adamw_step,
     .sum_squares = sum_squares,
-    .scale_inplace = scale_inplace,
     .lora_forward = lora_forward,
     .lora_backward = lora_backward,
     .add_into = add_into,

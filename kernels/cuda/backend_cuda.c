@@ -266,7 +266,6 @@ static double be_sum_squares(const float *g, long n) {
   be_download(&r, &g_result->value, sizeof r);
   return r;
 }
-static void be_scale_inplace(float *x, long n, float s) { cuda_scale_inplace(CTX, x, n, s); }
 static void be_lora_forward(float *y, float *t, const float *x, const float *A, const float *B,
                             const float *scale, int N, int K, int O, int r) {
   cuda_lora_forward(CTX, y, t, x, A, B, scale, N, K, O, r);
@@ -415,7 +414,6 @@ static const vlm_backend g_table = {
     .sincos_2d_table = be_sincos_2d_table,
     .adamw_step = be_adamw_step,
     .sum_squares = be_sum_squares,
-    .scale_inplace = be_scale_inplace,
     .lora_forward = be_lora_forward,
     .lora_backward = be_lora_backward,
     .add_into = be_add_into,

@@ -143,7 +143,6 @@ WRAP(sincos_2d_table, (float *out, int G, int dim), (out, G, dim))
 WRAP(adamw_step, (float *p, const float *g, float *m, float *v, long n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, long t, float g_scale),
      (p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, t, g_scale))
-WRAP(scale_inplace, (float *x, long n, float s), (x, n, s))
 WRAP(lora_forward, (float *y, float *t, const float *x, const float *A, const float *B,
                     const float *scale, int N, int K, int O, int r), (y, t, x, A, B, scale, N, K, O, r))
 WRAP(lora_backward, (float *dx, float *dA, float *dB, float *dscale, const float *dy, const float *x,
@@ -210,7 +209,7 @@ const vlm_backend *strict_backend(void) {
         .bicubic_resize_forward = s_bicubic_resize_forward,
         .bicubic_resize_backward = s_bicubic_resize_backward,
         .sincos_2d_table = s_sincos_2d_table, .adamw_step = s_adamw_step,
-        .sum_squares = s_sum_squares, .scale_inplace = s_scale_inplace,
+        .sum_squares = s_sum_squares,
         .lora_forward = s_lora_forward, .lora_backward = s_lora_backward,
         .add_into = s_add_into, .add_vec = s_add_vec, .add_rows_bcast = s_add_rows_bcast,
         .rows_copy = s_rows_copy, .rows_segment_add = s_rows_segment_add,
