@@ -18,7 +18,7 @@
 int vlm_cpus_restore_process_mask(void);
 
 typedef struct {
-  int threads;       /* OpenMP threads of a parallel region (omp_get_max_threads) */
+  int threads;       /* OpenMP threads of the region that read the masks */
   int cpus_allowed;  /* CPUs the process may use (union of places, or its mask) */
   int cpus_used;     /* CPUs in the union of the threads' masks */
   int bound;         /* OpenMP binding on (OMP_PROC_BIND / OMP_PLACES) */
@@ -30,7 +30,7 @@ typedef struct {
 int vlm_omp_placement(vlm_placement *p);
 
 /* A warning for the log, or NULL when the threads are not crowded: they share fewer
- * CPUs than there are threads. buf: at least 512 bytes. */
+ * CPUs than there are threads. The text of p is quoted in it: n >= 1024. */
 const char *vlm_placement_warning(const vlm_placement *p, char *buf, size_t n);
 
 #endif
