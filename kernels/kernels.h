@@ -84,8 +84,9 @@ void rope_backward(float *dx, const int *pos, int T, int H, int D, int R, int ld
  * gradients dq, dk, dv, which use the strides of q, k, v). This covers the ViT's
  * per-head [q_h|k_h|v_h] layout (ld 3W, head stride 3D), the LLM's [q|k|v]
  * (ld 3C, head stride D) and the resampler's separate q and k/v buffers.
- * out is [Tq, H*D] contiguous; lse is [H, Tq]. causal: query t sees keys <= t
- * (requires Tq == Tk). */
+ * out is [Tq, H*D] contiguous; lse is [H, Tq]. causal: query t is at position
+ * t + Tk - Tq and sees the keys up to it (requires Tq <= Tk; Tq < Tk computes
+ * only the last Tq rows of a causal sequence, given all its keys and values). */
 typedef struct {
   int Tq, Tk, H, D;
   int ldq, ldk, ldv; /* row strides (elements between consecutive tokens) */

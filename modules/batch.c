@@ -37,15 +37,18 @@ static int build_index(model *m, const mb_batch *b, int n_views) {
       n_text++;
     }
   }
-  for (int s = 0; s < b->n_samples; s++)
+  for (int s = 0; s < b->n_samples; s++) {
+    m->seq_tail[s] = m->seq_start[s + 1] - m->seq_start[s]; /* no target yet */
     for (int t = m->seq_start[s]; t < m->seq_start[s + 1] - 1; t++)
       if (b->labels[t + 1] != -100) {
         if (b->labels[t + 1] < 0 || b->labels[t + 1] >= V)
           VLM_FAIL("sample %d: label %d at position %d is outside the vocabulary", s,
                    b->labels[t + 1], t + 1 - m->seq_start[s]);
+        if (m->seq_tail[s] > t - m->seq_start[s]) m->seq_tail[s] = t - m->seq_start[s];
         x->sel_rows[m->n_sel] = t;
         x->sel_tgt[m->n_sel++] = b->labels[t + 1];
       }
+  }
   /* wte gradient: the text positions of each token id, in position order */
   qsort(m->emb_pairs, (size_t)n_text, 2 * sizeof(int), cmp_pair);
   for (int i = 0; i < n_text; i++) {

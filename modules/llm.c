@@ -12,6 +12,11 @@
  * the MLP run on M rows. The model uses this for its last block, whose output
  * matters only at the rows that have a target: exact, and it drops most of the
  * last block's work when few rows have a target (the answer tokens of SFT data).
+ * The queries, too, matter only in each sequence's tail, from its first row with
+ * a target on (m->seq_tail): the last block computes q, and runs attention, for
+ * those rows alone (causal attention with Tq < Tk, all keys present). Its
+ * c_attn output is then laid out [k|v] (T x 2C) followed by q (T x C, only the
+ * tail rows written) instead of [q|k|v] (T x 3C); qkv_split() says where.
  * The backward then takes dy compacted the same way and still writes dx at all
  * T rows. Scratch for the gathered rows: m->d_qkv, which no forward uses. */
 #include <math.h>
@@ -19,11 +24,38 @@
 
 #include "modules/model_internal.h"
 
-static attn_shape seq_shape(const model *m, int len) {
+/* Where q, k and v of row 0 are in a c_attn output buffer (T x 3C floats) and
+ * their row strides: [q|k|v] per row, or with tail [k|v] rows then q rows. */
+typedef struct {
+  float *q, *k, *v;
+  int ldq, ldkv;
+} qkv_split;
+
+static qkv_split split_qkv(float *buf, int T, int H, int tail) {
+  if (tail) return (qkv_split){buf + (size_t)2 * T * H, buf, buf + H, H, 2 * H};
+  return (qkv_split){buf, buf + H, buf + 2 * H, 3 * H, 3 * H};
+}
+
+/* The attention of sequence sq: its queries from row *q0 on (0, or with tail its
+ * first row with a target; Tq = 0 when it has none) against all its keys, which
+ * start at row *t0 of the micro-batch. */
+static attn_shape seq_shape(const model *m, int sq, int tail, int *t0, int *q0) {
   const int H = m->cfg->hidden_size, nh = m->cfg->num_attention_heads, D = m->cfg->head_dim;
-  attn_shape s = {.Tq = len, .Tk = len, .H = nh, .D = D, .ldq = 3 * H, .ldk = 3 * H, .ldv = 3 * H,
-                  .hsq = D, .hsk = D, .hsv = D, .causal = 1, .scale = 1.0f / sqrtf((float)D)};
+  const int len = m->seq_start[sq + 1] - m->seq_start[sq];
+  *t0 = m->seq_start[sq];
+  *q0 = tail ? m->seq_tail[sq] : 0;
+  attn_shape s = {.Tq = len - *q0, .Tk = len, .H = nh, .D = D, .ldq = tail ? H : 3 * H,
+                  .ldk = tail ? 2 * H : 3 * H, .ldv = tail ? 2 * H : 3 * H, .hsq = D, .hsk = D,
+                  .hsv = D, .causal = 1, .scale = 1.0f / sqrtf((float)D)};
   return s;
+}
+
+/* W (and its gradient, NULL when frozen) from element `from` on: c_attn_w from
+ * C*C on is its k|v part (output rows [C, 3C)); from 0, its first C rows make q. */
+static wp wp_rows(wp W, size_t from) {
+  W.w += from;
+  if (W.g) W.g += from;
+  return W;
 }
 
 void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, int T, int n_seq,
@@ -35,20 +67,39 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
   const vlm_backend *ops = m->ops;
 
   ops->rmsnorm_forward(A->a, A->rstd1, x, b->ln1.w, T, H, eps);
-  lin_fwd(m, count, A->qkv, A->a, b->c_attn_w, b->c_attn_b.w, T, H, 3 * H);
-  /* q and k in one call: each row's k heads follow its q heads, so [q|k] is 2 nh heads
-   * that share every position's angles (computed once for both). */
-  ops->rope_forward(A->qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base);
+  const int tail = rows != NULL;
+  const qkv_split P = split_qkv(A->qkv, T, H, tail);
+  if (!tail) {
+    lin_fwd(m, count, A->qkv, A->a, b->c_attn_w, b->c_attn_b.w, T, H, 3 * H);
+    /* q and k in one call: each row's k heads follow its q heads, so [q|k] is 2 nh heads
+     * that share every position's angles (computed once for both). */
+    ops->rope_forward(A->qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base);
+  } else { /* k|v at every row, q at the tails' rows */
+    lin_fwd(m, count, P.k, A->a, wp_rows(b->c_attn_w, (size_t)H * H), b->c_attn_b.w + H, T, H,
+            2 * H);
+    ops->rope_forward(P.k, m->idx.pos_ids, T, nh, D, c->rotary_dim, P.ldkv, base);
+    for (int sq = 0; sq < n_seq; sq++) {
+      int t0, q0;
+      attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
+      if (s.Tq == 0) continue;
+      const size_t r0 = (size_t)(t0 + q0);
+      lin_fwd(m, count, P.q + r0 * H, A->a + r0 * H, b->c_attn_w, b->c_attn_b.w, s.Tq, H, H);
+      ops->rope_forward(P.q + r0 * H, m->idx.pos_ids + r0, s.Tq, nh, D, c->rotary_dim, H, base);
+    }
+  }
   PAR_FOR(n_seq >= m->nthreads && ops->host_parallel, sq, n_seq, {
-    int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
-    attn_shape s = seq_shape(m, len);
-    const float *q = A->qkv + (size_t)t0 * 3 * H;
-    ops->attention_forward(A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H,
-                           &s, attn_scratch_for_thread(m, omp_get_thread_num()));
+    int t0, q0;
+    attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
+    const size_t r0 = (size_t)(t0 + q0);
+    if (s.Tq > 0) /* lse of the sequence: [nh, Tq] from row t0's slot */
+      ops->attention_forward(A->ctx + r0 * H, A->lse + (size_t)t0 * nh, P.q + r0 * P.ldq,
+                             P.k + (size_t)t0 * P.ldkv, P.v + (size_t)t0 * P.ldkv, &s,
+                             attn_scratch_for_thread(m, omp_get_thread_num()));
   });
   if (count)
     for (int sq = 0; sq < n_seq; sq++) {
-      attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
+      int t0, q0;
+      attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
       m->flops += attn_flops(&s);
     }
   /* from here on N rows: all T, or the M selected ones gathered */
@@ -115,23 +166,43 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
     lin_bwd(m, d_ctx, b->c_proj, NULL, d_x1, A->ctx, T, H, H);
   }
   zero(m, d_qkv, (long)T * 3 * H);
+  const int tail = rows != NULL;
+  const qkv_split P = split_qkv(A->qkv, T, H, tail), dP = split_qkv(d_qkv, T, H, tail);
   PAR_FOR(n_seq >= m->nthreads && ops->host_parallel, sq, n_seq, {
-    int t0 = m->seq_start[sq], len = m->seq_start[sq + 1] - t0;
-    attn_shape s = seq_shape(m, len);
-    const float *q = A->qkv + (size_t)t0 * 3 * H;
-    float *dq = d_qkv + (size_t)t0 * 3 * H;
-    ops->attention_backward(dq, dq + H, dq + 2 * H, d_ctx + (size_t)t0 * H,
-                            A->ctx + (size_t)t0 * H, A->lse + (size_t)t0 * nh, q, q + H, q + 2 * H,
-                            &s, attn_scratch_for_thread(m, omp_get_thread_num()));
+    int t0, q0;
+    attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
+    const size_t r0 = (size_t)(t0 + q0), k0 = (size_t)t0 * P.ldkv;
+    if (s.Tq > 0)
+      ops->attention_backward(dP.q + r0 * P.ldq, dP.k + k0, dP.v + k0, d_ctx + r0 * H,
+                              A->ctx + r0 * H, A->lse + (size_t)t0 * nh, P.q + r0 * P.ldq,
+                              P.k + k0, P.v + k0, &s,
+                              attn_scratch_for_thread(m, omp_get_thread_num()));
   });
   for (int sq = 0; sq < n_seq; sq++) {
-    attn_shape s = seq_shape(m, m->seq_start[sq + 1] - m->seq_start[sq]);
+    int t0, q0;
+    attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
     m->flops += 2.0 * attn_flops(&s);
   }
-  ops->rope_backward(d_qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base); /* [q|k] */
   int need_da = dx || b->ln1.g;
   float *d_a = need_da ? m->d_small : NULL;
   if (d_a) zero(m, d_a, (long)T * H);
-  lin_bwd(m, d_a, b->c_attn_w, b->c_attn_b.g, d_qkv, A->a, T, H, 3 * H);
+  if (!tail) {
+    ops->rope_backward(d_qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base); /* [q|k] */
+    lin_bwd(m, d_a, b->c_attn_w, b->c_attn_b.g, d_qkv, A->a, T, H, 3 * H);
+  } else {
+    ops->rope_backward(dP.k, m->idx.pos_ids, T, nh, D, c->rotary_dim, dP.ldkv, base);
+    float *db = b->c_attn_b.g;
+    lin_bwd(m, d_a, wp_rows(b->c_attn_w, (size_t)H * H), db ? db + H : NULL, dP.k, A->a, T, H,
+            2 * H);
+    for (int sq = 0; sq < n_seq; sq++) {
+      int t0, q0;
+      attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
+      if (s.Tq == 0) continue;
+      const size_t r0 = (size_t)(t0 + q0);
+      ops->rope_backward(dP.q + r0 * H, m->idx.pos_ids + r0, s.Tq, nh, D, c->rotary_dim, H, base);
+      lin_bwd(m, d_a ? d_a + r0 * H : NULL, b->c_attn_w, db, dP.q + r0 * H, A->a + r0 * H, s.Tq,
+              H, H);
+    }
+  }
   if (need_da) ops->rmsnorm_backward(dx, b->ln1.g, d_a, x, b->ln1.w, A->rstd1, T, H);
 }

@@ -203,6 +203,7 @@ static void carve_index(const model *m, mb_index *x, arena *a) {
 static void carve_host(model *m, arena *a) {
   carve_index(m, &m->hidx, a);
   m->seq_start = TAKEI(a, m->max_samples + 1);
+  m->seq_tail = TAKEI(a, m->max_samples);
   m->slot_row = TAKEI(a, m->max_tokens);
   m->emb_pairs = TAKEI(a, 2 * (size_t)m->max_tokens);
 }

@@ -128,6 +128,7 @@ typedef struct {
   int n_sel, n_slot, n_emb; /* rows with a target, image slots, distinct text token ids */
   /* ---- host-only metadata ---- */
   int *seq_start;    /* [max_samples + 1] */
+  int *seq_tail;     /* [max_samples] a sample's first row with a target (from its start), or its length */
   int *slot_row;     /* [T] row of the image features spliced at this position, or -1 */
   int *emb_pairs;    /* [2T] sort scratch for emb_* */
   /* ---- LLM activations (T = max_tokens) ---- */

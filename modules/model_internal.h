@@ -26,8 +26,8 @@ static inline void lin_bwd(model *m, float *din, wp W, float *db, const float *d
 }
 
 static inline double attn_flops(const attn_shape *s) {
-  double f = 4.0 * s->Tq * s->Tk * s->D * s->H;
-  return s->causal ? 0.5 * f : f;
+  /* causal: the Tq queries are the last of Tk positions, about Tk - Tq/2 keys each */
+  return 4.0 * s->Tq * (s->causal ? s->Tk - 0.5 * s->Tq : s->Tk) * s->D * s->H;
 }
 
 /* for (int i = 0; i < n; i++) { body }: shared out over the OpenMP threads

@@ -10,8 +10,9 @@
  *   dP = dO V^T,  dS = P * (dP - D),  dQ += scale * dS K,  dK += scale * dS^T Q.
  * Every matrix product is one cblas_sgemm on a head's rows, read in place
  * through the row stride (ld) and head stride (hs) of the shape: nothing is
- * copied or transposed. Causal blocks stop at their last query row, so key
- * blocks entirely above the diagonal are never touched.
+ * copied or transposed. Causal blocks stop at their last query row's position, so
+ * keys entirely above the diagonal are never touched. Causal with Tq < Tk: the
+ * queries are the last Tq positions (a sequence's tail, all keys present).
  *
  * Threads: the forward runs (query block, head) pairs in parallel. The backward
  * runs (head, group) pairs, a group being every G-th query block of a head;
@@ -50,9 +51,14 @@ static size_t per_thread_floats(const attn_shape *s) {
   return round_up(2 * bq * (size_t)s->Tk + bq);
 }
 
+/* Causal: query row i is at key position i + Tk - Tq (the queries are the last
+ * Tq of the Tk positions) and sees the keys up to that position. */
+static int causal_offset(const attn_shape *s) { return s->Tk - s->Tq; }
+
 /* Number of keys query block [i0, i0+bq) looks at. */
 static int keys_of_block(const attn_shape *s, int i0, int bq) {
-  return s->causal && i0 + bq < s->Tk ? i0 + bq : s->Tk;
+  const int last = i0 + bq + causal_offset(s);
+  return s->causal && last < s->Tk ? last : s->Tk;
 }
 
 /* Work of query block b, in units of score entries. */
@@ -141,7 +147,8 @@ static void block_scores(float *S, const float *q, const float *k, const attn_sh
 
 /* Keys query row i (absolute) sees among the block's nk. */
 static inline int keys_of_row(const attn_shape *s, int i, int nk) {
-  return s->causal && i + 1 < nk ? i + 1 : nk;
+  const int seen = i + 1 + causal_offset(s);
+  return s->causal && seen < nk ? seen : nk;
 }
 
 /* ---- forward ---------------------------------------------------------------- */

@@ -9,6 +9,7 @@
  *  - scores: a 32 x 32 tile S = scale * Q K^T is computed into shared memory, each
  *    thread 8 entries; every lane of a warp takes a different key, the query row is a
  *    broadcast;
+ *  - causal: query i is at key position i + Tk - Tq (Tq <= Tk: the last Tq positions);
  *  - accumulators: thread t owns row t/4 of the tile and dims t%4, t%4+4, ... (up to
  *    VLM_CUDA_ATTN_MAX_D/4 registers), so P @ V, dS @ K, P^T dO, dS^T Q are register
  *    sums over the 32 tile columns.
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(NT)
 #pragma unroll
   for (int m = 0; m < DPT; m++) o[m] = 0.0f;
   float mrow = -INFINITY, lrow = 0.0f;
-  const int kend = s.causal ? min(Tk, i0 + BQ) : Tk;
+  const int kend = s.causal ? min(Tk, i0 + BQ + (Tk - Tq)) : Tk;
 
   for (int j0 = 0; j0 < kend; j0 += BK) {
     __syncthreads(); /* the previous tile's readers are done */
@@ -86,7 +87,7 @@ __global__ void __launch_bounds__(NT)
       const int e = tid + NT * u, ii = e >> 5, jj = e & 31;
       float sc = s.scale * dot_rows(Qs + ii * SD, Ks + jj * SD, D);
       const int qi = i0 + ii, kj = j0 + jj;
-      if (kj >= Tk || (s.causal && kj > qi)) sc = -INFINITY;
+      if (kj >= Tk || (s.causal && kj > qi + (Tk - Tq))) sc = -INFINITY;
       Ss[ii * (BK + 1) + jj] = sc;
     }
     __syncthreads();
@@ -176,7 +177,7 @@ __device__ __forceinline__ void prob_tiles(float *Ps, float *dSs, const float *Q
   for (int u = 0; u < SPT; u++) {
     const int e = tid + NT * u, ii = e >> 5, jj = e & 31;
     const int qi = i0 + ii, kj = j0 + jj;
-    const int valid = qi < s.Tq && kj < s.Tk && !(s.causal && kj > qi);
+    const int valid = qi < s.Tq && kj < s.Tk && !(s.causal && kj > qi + (s.Tk - s.Tq));
     float p = 0.0f;
     if (valid) p = expf(s.scale * dot_rows(Qs + ii * SD, Ks + jj * SD, s.D) - lse_s[ii]);
     if (Ps) Ps[ii * (BK + 1) + jj] = p;
@@ -210,7 +211,8 @@ __global__ void __launch_bounds__(NT)
 #pragma unroll
   for (int m = 0; m < DPT; m++) akk[m] = avv[m] = 0.0f;
 
-  const int istart = s.causal ? (j0 / BQ) * BQ : 0; /* earlier queries see none of these keys */
+  /* causal: earlier queries see none of these keys (query i is at key position i + Tk - Tq) */
+  const int istart = s.causal && j0 > Tk - Tq ? ((j0 - (Tk - Tq)) / BQ) * BQ : 0;
   for (int i0 = istart; i0 < Tq; i0 += BQ) {
     __syncthreads();
     load_tile(Qs, q, i0, Tq, s.ldq, s.hsq, h, D, SD);
@@ -279,7 +281,7 @@ __global__ void __launch_bounds__(NT)
   float aq[DPT];
 #pragma unroll
   for (int m = 0; m < DPT; m++) aq[m] = 0.0f;
-  const int kend = s.causal ? min(Tk, i0 + BQ) : Tk;
+  const int kend = s.causal ? min(Tk, i0 + BQ + (Tk - Tq)) : Tk;
 
   for (int j0 = 0; j0 < kend; j0 += BK) {
     __syncthreads();

@@ -187,7 +187,7 @@ void cuda_rope_backward(vlm_cuda_ctx *ctx, cudaStream_t stream, float *dx, const
 
 /* ---- attention (tiled, online softmax; no Tq x Tk matrix in memory) ----------------
  * Same layouts and semantics as kernels.h (strided q/k/v, out [Tq, H*D], lse [H, Tq],
- * causal requires Tq == Tk). Head dims up to VLM_CUDA_ATTN_MAX_D. The forward needs no
+ * causal: Tq <= Tk, the queries being the last Tq positions). Head dims up to VLM_CUDA_ATTN_MAX_D. The forward needs no
  * scratch; the backward needs cuda_attention_scratch_floats(s) floats of device
  * scratch (the row dots D_i = dO_i . O_i). */
 #define VLM_CUDA_ATTN_MAX_D 256

@@ -949,6 +949,8 @@ int main(void) {
   test_attention("llm causal T=31 H=1 D=8", LAYOUT_LLM, 31, 31, 1, 8, 1);
   test_attention("cross Tq=33 Tk=70 H=2 D=128", LAYOUT_CROSS, 33, 70, 2, 128, 0);
   test_attention("cross Tq=1 Tk=5 H=3 D=16", LAYOUT_CROSS, 1, 5, 3, 16, 0);
+  test_attention("causal tail Tq=40 Tk=100 H=2 D=32", LAYOUT_CROSS, 40, 100, 2, 32, 1);
+  test_attention("causal tail Tq=3 Tk=70 H=2 D=64", LAYOUT_CROSS, 3, 70, 2, 64, 1);
   test_attention("vit T=40 H=1 D=256", LAYOUT_VIT, 40, 40, 1, 256, 0);
   test_cross_entropy(37, 1000, 0);
   test_cross_entropy(37, 1000, 1);

@@ -8,7 +8,8 @@ in float64 from the float32 inputs and stored as float32.
 Layouts (attribute `layout`):
   0  ViT in_proj output: qkv[T, 3*H*D], head h holds [q_h | k_h | v_h]
   1  LLM c_attn output:  qkv[T, 3*H*D] = [q | k | v], heads contiguous in each
-  2  cross attention:    q[Tq, H*D], k[Tk, H*D], v[Tk, H*D]
+  2  cross attention:    q[Tq, H*D], k[Tk, H*D], v[Tk, H*D]; also causal with
+     Tq < Tk (query i at key position i + Tk - Tq)
 Gradients have the layout of their inputs (dqkv, or dq/dk/dv). out is
 [Tq, H*D], lse[H, Tq] the log-sum-exp of the scaled scores per query row.
 Each case is a group /caseNN with integer attributes layout, Tq, Tk, H, D,
@@ -33,6 +34,10 @@ CASES = [
     (LLM, 4 * BLOCK, 4 * BLOCK, 2, 8, 1, 1.0),  # exactly four blocks; at 7 threads the
                                                 # backward splits each head in 3 groups
     (VIT, BLOCK + 1, BLOCK + 1, 3, 12, 0, 2.0),  # one block and one row
+    # causal with Tq < Tk: the queries are the last Tq positions (the LLM's last
+    # block runs its attention for a sequence's tail only)
+    (CROSS, 21, 150, 2, 16, 1, 1.0),
+    (CROSS, BLOCK + 2, 2 * BLOCK + 40, 3, 8, 1, 1.0),
 ]
 
 
@@ -44,9 +49,9 @@ def split_heads(x, H, D):
 def attention(q, k, v, causal, scale):
     """q[H,Tq,D], k/v[H,Tk,D] -> out[Tq, H*D], lse[H, Tq] (float64)."""
     s = torch.matmul(q, k.transpose(1, 2)) * scale
-    if causal:
+    if causal:  # query i is at key position i + Tk - Tq and sees the keys up to it
         Tq, Tk = s.shape[1], s.shape[2]
-        mask = torch.ones(Tq, Tk, dtype=torch.bool).triu(1)
+        mask = torch.ones(Tq, Tk, dtype=torch.bool).triu(1 + Tk - Tq)
         s = s.masked_fill(mask, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     o = torch.matmul(torch.softmax(s, dim=-1), v)
