@@ -6,17 +6,17 @@
  *
  * Output rows. With rows == NULL the block computes y at all T rows. With rows
  * (M ascending row indices, backend memory) it computes y only at those rows and
- * writes them compacted (y[i] = the output at row rows[i]): the queries, keys and
- * values are still computed at every row, since every row's key and value reach
- * the selected rows through attention, but c_proj, the residual, rmsnorm_2 and
- * the MLP run on M rows. The model uses this for its last block, whose output
+ * writes them compacted (y[i] = the output at row rows[i]): the keys and values
+ * are still computed at every row, since every row's key and value reach the
+ * selected rows through attention, but c_proj, the residual, rmsnorm_2 and the
+ * MLP run on M rows. The model uses this for its last block, whose output
  * matters only at the rows that have a target: exact, and it drops most of the
  * last block's work when few rows have a target (the answer tokens of SFT data).
- * The queries, too, matter only in each sequence's tail, from its first row with
- * a target on (m->seq_tail): the last block computes q, and runs attention, for
- * those rows alone (causal attention with Tq < Tk, all keys present). Its
+ * The queries matter only in each sequence's tail, from its first row with a
+ * target on (m->seq_tail): with rows, the block computes q, and runs attention,
+ * for those rows alone (causal attention with Tq < Tk, all keys present). Its
  * c_attn output is then laid out [k|v] (T x 2C) followed by q (T x C, only the
- * tail rows written) instead of [q|k|v] (T x 3C); qkv_split() says where.
+ * tail rows written) instead of [q|k|v] (T x 3C); split_qkv() says where.
  * The backward then takes dy compacted the same way and still writes dx at all
  * T rows. Scratch for the gathered rows: m->d_qkv, which no forward uses. */
 #include <math.h>
