@@ -106,6 +106,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
+import flop_ref  # noqa: E402
 import monkey_ref as mr  # noqa: E402
 import peak  # noqa: E402
 
@@ -227,38 +228,15 @@ def torch_side(cfg, model_dir, data, tc, steps, threads):
 
 
 def reference_extra_flops(cfg, data, micro_batch, steps):
-    """Per step, the FLOPs the PyTorch reference executes beyond vlmtrain's count:
-    lm_head forward, input and weight gradients (3 x 2 H V per row) at the
-    positions without a target, where vlmtrain evaluates the head only at the
-    target positions; the last LLM block's attention c_proj and MLP (forward,
-    input and weight gradients: 3 x 2 (H H + 3 H FF) per row) at the rows
-    without a target, where vlmtrain computes that block's output only at the
-    target rows; that block's q projection (3 x 2 H H per row) at the rows
-    before a sample's first target, and its attention for those query rows
-    (vlmtrain runs it for the tail from the first target on: 12 Tq (T - Tq/2) H
-    counted, fwd + bwd); and the masked upper half of every other causal LLM
-    attention (the reference computes the full T x T scores and their
-    gradients: 4 and 8 T^2 H FLOP per layer where the causal count credits 2
-    and 4)."""
+    """Per step, the FLOPs the PyTorch reference executes beyond vlmtrain's count
+    (flop_ref.extra_flops, which test model_train_steps checks against PyTorch's
+    profiler): lm_head and the last LLM block's c_proj and MLP at every row, that
+    block's q projection and attention before each sample's first target, the
+    masked half of causal attention, the resampler's query projection per view."""
     samples = mr.read_dataset(data)
-    H, V, L, FF = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers, cfg.ffn
-    out = []
-    for st in range(steps):
-        extra = 0.0
-        for j in range(micro_batch):
-            toks, labs, _ = samples[(st * micro_batch + j) % len(samples)]
-            T = len(toks)
-            tgt = (labs[1:] != mr.IGNORE).nonzero()[0]  # rows with a target
-            n_tgt = len(tgt)
-            q0 = int(tgt[0]) if n_tgt else T  # first row of the last block's tail
-            Tq = T - q0
-            extra += 3.0 * 2.0 * H * V * ((T - 1) - n_tgt)
-            extra += 3.0 * 2.0 * (H * H + 3.0 * H * FF) * (T - n_tgt)
-            extra += 3.0 * 2.0 * H * H * q0
-            extra += (L - 1) * 6.0 * T * T * H
-            extra += 12.0 * T * T * H - 12.0 * Tq * (T - 0.5 * Tq) * H
-        out.append(extra)
-    return out
+    return [flop_ref.extra_flops(cfg, [samples[(st * micro_batch + j) % len(samples)]
+                                       for j in range(micro_batch)])
+            for st in range(steps)]
 
 
 def summarize(runs, flops, tokens):
@@ -443,7 +421,8 @@ def main():
             "position, and the last LLM block's c_proj and MLP at every row, where vlmtrain "
             "computes both at the target positions only, and that block's q projection and "
             "attention at every row, where vlmtrain runs them from the first target on; the "
-            "masked half of causal attention), %.1f GFLOP/s of executed arithmetic" % (
+            "masked half of causal attention; the resampler's query projection per view), "
+            "%.1f GFLOP/s of executed arithmetic" % (
                 r["torch_executed_gflop_per_step"],
                 100.0 * (r["torch_executed_gflop_per_step"] / r["gflop_per_step"] - 1.0),
                 r["torch_executed_gflops"]))

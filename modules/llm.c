@@ -50,14 +50,6 @@ static attn_shape seq_shape(const model *m, int sq, int tail, int *t0, int *q0) 
   return s;
 }
 
-/* W (and its gradient, NULL when frozen) from element `from` on: c_attn_w from
- * C*C on is its k|v part (output rows [C, 3C)); from 0, its first C rows make q. */
-static wp wp_rows(wp W, size_t from) {
-  W.w += from;
-  if (W.g) W.g += from;
-  return W;
-}
-
 void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, int T, int n_seq,
                        const int *rows, int M, int count) {
   const monkey_config *c = m->cfg;
@@ -75,7 +67,7 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
      * that share every position's angles (computed once for both). */
     ops->rope_forward(A->qkv, m->idx.pos_ids, T, 2 * nh, D, c->rotary_dim, 3 * H, base);
   } else { /* k|v at every row, q at the tails' rows */
-    lin_fwd(m, count, P.k, A->a, wp_rows(b->c_attn_w, (size_t)H * H), b->c_attn_b.w + H, T, H,
+    lin_fwd(m, count, P.k, A->a, rows_of(b->c_attn_w, (long)H * H), b->c_attn_b.w + H, T, H,
             2 * H);
     ops->rope_forward(P.k, m->idx.pos_ids, T, nh, D, c->rotary_dim, P.ldkv, base);
     for (int sq = 0; sq < n_seq; sq++) {
@@ -192,7 +184,7 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
   } else {
     ops->rope_backward(dP.k, m->idx.pos_ids, T, nh, D, c->rotary_dim, dP.ldkv, base);
     float *db = b->c_attn_b.g;
-    lin_bwd(m, d_a, wp_rows(b->c_attn_w, (size_t)H * H), db ? db + H : NULL, dP.k, A->a, T, H,
+    lin_bwd(m, d_a, rows_of(b->c_attn_w, (long)H * H), db ? db + H : NULL, dP.k, A->a, T, H,
             2 * H);
     for (int sq = 0; sq < n_seq; sq++) {
       int t0, q0;

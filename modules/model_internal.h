@@ -25,6 +25,14 @@ static inline void lin_bwd(model *m, float *din, wp W, float *db, const float *d
   zero_progress(m->z);
 }
 
+/* A weight's output rows from element `offset` on, with its gradient (NULL when
+ * frozen): the q, k and v parts of a stacked [Wq; Wk; Wv] are rows_of(W, 0),
+ * rows_of(W, C*C) and rows_of(W, 2*C*C). */
+static inline wp rows_of(wp w, long offset) {
+  wp r = {w.w + offset, w.g ? w.g + offset : NULL, w.idx};
+  return r;
+}
+
 static inline double attn_flops(const attn_shape *s) {
   /* causal: the Tq queries are the last of Tk positions, about Tk - Tq/2 keys each */
   return 4.0 * s->Tq * (s->causal ? s->Tk - 0.5 * s->Tq : s->Tk) * s->D * s->H;

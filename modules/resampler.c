@@ -18,11 +18,6 @@ static attn_shape resampler_shape(const model *m) {
   return s;
 }
 
-static wp rows_of(wp w, long offset) {
-  wp r = {w.w + offset, w.g ? w.g + offset : NULL, w.idx};
-  return r;
-}
-
 void resampler_forward(model *m, int n_views) {
   const visual_config *v = &m->cfg->visual;
   const int W = v->width, E = v->output_dim, NP = v->n_patches, nq = v->n_queries;
@@ -135,7 +130,18 @@ void resampler_backward(model *m, int n_views) {
   ops->layernorm_backward(d_kv, m->ln_kv_w.g, m->ln_kv_b.g, m->d_kvn, m->kv_proj.w ? m->kv : h,
                      m->ln_kv_w.w, m->kv_mean, m->kv_rstd, N, E);
   if (m->kv_proj.w) {
+    /* The ViT's last block goes backward over the windowed views alone (the first
+     * n_img * n_windows) unless one of its trunk weights trains: d_vit is needed
+     * there only, while kv_proj's weight gradient sums over every view. */
+    const int n_vit = v->layers - 1 < m->vit_trunk_lowest ? m->n_img * v->n_windows * NP : N;
     if (need_vit) zero(m, m->d_vit, (long)N * W);
-    lin_bwd(m, need_vit ? m->d_vit : NULL, m->kv_proj, NULL, d_kv, h, N, W, E);
+    if (need_vit && n_vit < N) {
+      lin_bwd(m, NULL, m->kv_proj, NULL, d_kv, h, N, W, E);
+      wp frozen = m->kv_proj;
+      frozen.g = NULL;
+      lin_bwd(m, m->d_vit, frozen, NULL, d_kv, h, n_vit, W, E);
+    } else {
+      lin_bwd(m, need_vit ? m->d_vit : NULL, m->kv_proj, NULL, d_kv, h, N, W, E);
+    }
   }
 }

@@ -629,14 +629,17 @@ class ReferenceTrainer:
              for gname, names, scale, gwd in self.groups if names],
             lr=self.lr, betas=betas, eps=eps, weight_decay=wd)
 
+    def microbatches(self, s, samples):
+        """The GA micro-batches of step s (0-based), each a list of B samples."""
+        return [[samples[((s * self.GA + mi) * self.B + j) % len(samples)]
+                 for j in range(self.B)] for mi in range(self.GA)]
+
     def step(self, s, samples):
         m = self.m
         for n in self.trainable:
             m.p[n].grad = None
         losses = []
-        for mi in range(self.GA):
-            first = (s * self.GA + mi) * self.B
-            batch = [samples[(first + j) % len(samples)] for j in range(self.B)]
+        for batch in self.microbatches(s, samples):
             loss, _ = m.microbatch_loss(batch)
             (loss / self.GA).backward()
             losses.append(float(loss))

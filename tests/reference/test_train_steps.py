@@ -10,7 +10,10 @@
 # and compares RUN/metrics.jsonl (loss, lr, grad_norm per step) and
 # RUN/final/model.safetensors (every parameter, F32) with the reference: frozen
 # tensors must be bit-identical to the initial ones, trainable ones must have
-# changed and agree with the reference.
+# changed and agree with the reference. The FLOPs vlmtrain reports per step
+# (gflops x step_time) must equal what PyTorch's profiler counts in the
+# reference's matrix products for the same step, less the work vlmtrain skips by
+# design (flop_ref.py).
 #
 # Usage: test_train_steps.py [--reference-only]   (prints "N passed, M failed")
 import json
@@ -20,6 +23,7 @@ import sys
 import numpy as np
 import torch
 
+import flop_ref
 import testlib as tl
 from testlib import mr
 
@@ -28,6 +32,7 @@ LOSS_TOL = 1e-4     # relative, per step
 NORM_TOL = 1e-4     # relative, per step
 LR_TOL = 1e-6       # relative, per step (0 at step 1 with warmup: absolute 1e-12)
 WEIGHT_TOL = 1e-4   # max|w_c - w_ref| / max|w_ref|, per tensor
+FLOP_TOL = 1e-4     # relative, per step (metrics.jsonl holds 6 significant digits)
 
 TRAIN = {
     "trainable": "monkey",
@@ -69,7 +74,12 @@ def reference_run(cfg, model_dir, data, dtype):
     m = mr.MonkeyRef(cfg, w0, dtype)
     samples = [(t, l, list(im)) for t, l, im in mr.read_dataset(data)]
     tr = mr.ReferenceTrainer(m, TRAIN, mr.trainable_names(cfg, TRAIN["trainable"]))
-    metrics = [tr.step(s, samples) for s in range(STEPS)]
+    metrics = []
+    for s in range(STEPS):  # each step's FLOPs: profiled, less what vlmtrain skips
+        r, flops = flop_ref.profiled_step_flops(tr, s, samples)
+        r["flops"] = flops - sum(flop_ref.extra_flops(cfg, mb)
+                                 for mb in tr.microbatches(s, samples))
+        metrics.append(r)
     final = {n: p.detach().to(torch.float64).numpy().copy() for n, p in m.p.items()}
     return metrics, final, tr
 
@@ -100,6 +110,23 @@ def compare_metrics(C, tag, got, ref):
     C.check("%s: per-step loss, grad_norm, lr" % tag, not bad and len(rows) == len(ref),
             "; ".join(bad[:12]) if bad else "worst loss %.1e, grad_norm %.1e" %
             (max(r[3] for r in rows), max(r[6] for r in rows)))
+
+
+def compare_flops(C, got, ref):
+    """vlmtrain's FLOP count per step against the reference's, profiled."""
+    errs = []
+    for r in ref:
+        g = got.get(r["step"])
+        if g is not None:
+            errs.append((r["step"], g["flops"], r["flops"], abs(g["flops"] - r["flops"]) / r["flops"]))
+    print("   step  FLOPs vlmtrain / reference profiled less skipped work (rel)")
+    for s, a, b, e in errs:
+        print("   %4d  %.6e / %.6e (%.1e)" % (s, a, b, e))
+    C.check("FLOPs per step: vlmtrain's count = the reference's profiled products less the "
+            "work vlmtrain skips (flop_ref.py)", len(errs) == len(ref) and
+            all(e <= FLOP_TOL for _, _, _, e in errs),
+            "worst %.1e (tolerance %.0e)" % (max(e for _, _, _, e in errs), FLOP_TOL)
+            if errs else "no steps")
 
 
 def compare_weights(C, tag, cfg, final_path, init_path, ref_final, tol):
@@ -183,6 +210,7 @@ def read_metrics(path):
             if line:
                 d = json.loads(line)
                 out[int(d["step"])] = {k: float(d[k]) for k in ("loss", "lr", "grad_norm")}
+                out[int(d["step"])]["flops"] = float(d["gflops"]) * 1e9 * float(d["step_time"])
     return out
 
 
@@ -228,6 +256,7 @@ def main():
     if not C.check("run wrote metrics.jsonl, final/model.safetensors, final/config.json", have):
         C.finish()
     compare_metrics(C, "C vs reference", read_metrics(mpath), ref_metrics)
+    compare_flops(C, read_metrics(mpath), ref_metrics)
     compare_weights(C, "C vs reference", cfg, fpath, os.path.join(model_dir, "model.safetensors"),
                     ref_final, WEIGHT_TOL)
     C.finish()
