@@ -75,7 +75,8 @@ void llm_block_forward(model *m, int L, llm_acts *A, float *y, const float *x, i
       attn_shape s = seq_shape(m, sq, tail, &t0, &q0);
       if (s.Tq == 0) continue;
       const size_t r0 = (size_t)(t0 + q0);
-      lin_fwd(m, count, P.q + r0 * H, A->a + r0 * H, b->c_attn_w, b->c_attn_b.w, s.Tq, H, H);
+      lin_fwd(m, count, P.q + r0 * H, A->a + r0 * H, rows_of(b->c_attn_w, 0), b->c_attn_b.w,
+              s.Tq, H, H);
       ops->rope_forward(P.q + r0 * H, m->idx.pos_ids + r0, s.Tq, nh, D, c->rotary_dim, H, base);
     }
   }
@@ -192,8 +193,8 @@ void llm_block_backward(model *m, int L, llm_acts *A, float *dx, const float *dy
       if (s.Tq == 0) continue;
       const size_t r0 = (size_t)(t0 + q0);
       ops->rope_backward(dP.q + r0 * H, m->idx.pos_ids + r0, s.Tq, nh, D, c->rotary_dim, H, base);
-      lin_bwd(m, d_a ? d_a + r0 * H : NULL, b->c_attn_w, db, dP.q + r0 * H, A->a + r0 * H, s.Tq,
-              H, H);
+      lin_bwd(m, d_a ? d_a + r0 * H : NULL, rows_of(b->c_attn_w, 0), db, dP.q + r0 * H,
+              A->a + r0 * H, s.Tq, H, H);
     }
   }
   if (need_da) ops->rmsnorm_backward(dx, b->ln1.g, d_a, x, b->ln1.w, A->rstd1, T, H);

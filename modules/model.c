@@ -526,10 +526,7 @@ int model_forward_backward(model *m, const mb_batch *b, float loss_scale, double
       vit_acts *A = &m->va[m->recompute_vit ? 0 : L];
       if (m->recompute_vit) vit_block_forward(m, L, A, m->vit_in[L + 1], m->vit_in[L], n_views, 0);
       int want_dx = L > m->vit_lowest;
-      /* The global views carry no LoRA: below the lowest trainable trunk weight
-       * their gradients reach no parameter, so only the windows go backward
-       * (they are the first n_img * n_windows views). */
-      int n_bwd = L < m->vit_trunk_lowest ? n_img * v->n_windows : n_views;
+      int n_bwd = vit_backward_views(m, L, n_views);
       if (want_dx) zero(m, dx, NW);
       vit_block_backward(m, L, A, want_dx ? dx : NULL, dy, m->vit_in[L], n_bwd);
     }

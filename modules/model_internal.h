@@ -33,6 +33,14 @@ static inline wp rows_of(wp w, long offset) {
   return r;
 }
 
+/* Views that ViT block L takes backward: every view, or, below the lowest block
+ * with a trainable trunk weight, the windowed ones alone (the first n_img *
+ * n_windows views; the global views carry no LoRA, so their gradients reach no
+ * parameter there). */
+static inline int vit_backward_views(const model *m, int L, int n_views) {
+  return L < m->vit_trunk_lowest ? m->n_img * m->cfg->visual.n_windows : n_views;
+}
+
 static inline double attn_flops(const attn_shape *s) {
   /* causal: the Tq queries are the last of Tk positions, about Tk - Tq/2 keys each */
   return 4.0 * s->Tq * (s->causal ? s->Tk - 0.5 * s->Tq : s->Tk) * s->D * s->H;

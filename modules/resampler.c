@@ -130,10 +130,9 @@ void resampler_backward(model *m, int n_views) {
   ops->layernorm_backward(d_kv, m->ln_kv_w.g, m->ln_kv_b.g, m->d_kvn, m->kv_proj.w ? m->kv : h,
                      m->ln_kv_w.w, m->kv_mean, m->kv_rstd, N, E);
   if (m->kv_proj.w) {
-    /* The ViT's last block goes backward over the windowed views alone (the first
-     * n_img * n_windows) unless one of its trunk weights trains: d_vit is needed
-     * there only, while kv_proj's weight gradient sums over every view. */
-    const int n_vit = v->layers - 1 < m->vit_trunk_lowest ? m->n_img * v->n_windows * NP : N;
+    /* d_vit is needed at the views the ViT's last block takes backward, while
+     * kv_proj's weight gradient sums over every view. */
+    const int n_vit = vit_backward_views(m, v->layers - 1, n_views) * NP;
     if (need_vit) zero(m, m->d_vit, (long)N * W);
     if (need_vit && n_vit < N) {
       lin_bwd(m, NULL, m->kv_proj, NULL, d_kv, h, N, W, E);

@@ -187,9 +187,10 @@ void cuda_rope_backward(vlm_cuda_ctx *ctx, cudaStream_t stream, float *dx, const
 
 /* ---- attention (tiled, online softmax; no Tq x Tk matrix in memory) ----------------
  * Same layouts and semantics as kernels.h (strided q/k/v, out [Tq, H*D], lse [H, Tq],
- * causal: Tq <= Tk, the queries being the last Tq positions). Head dims up to VLM_CUDA_ATTN_MAX_D. The forward needs no
- * scratch; the backward needs cuda_attention_scratch_floats(s) floats of device
- * scratch (the row dots D_i = dO_i . O_i). */
+ * causal: Tq <= Tk, the queries being the last Tq positions). Head dims up to
+ * VLM_CUDA_ATTN_MAX_D. The forward needs no scratch; the backward needs
+ * cuda_attention_scratch_floats(s) floats of device scratch (the row dots
+ * D_i = dO_i . O_i). */
 #define VLM_CUDA_ATTN_MAX_D 256
 size_t cuda_attention_scratch_floats(const attn_shape *s);
 void cuda_attention_forward(vlm_cuda_ctx *ctx, cudaStream_t stream, float *out, float *lse,
