@@ -1,5 +1,5 @@
 /* kernels/cpu/attention.c: multi-head scaled dot-product attention (forward and
- * backward) for one sequence on the CPU, with OpenBLAS and OpenMP.
+ * backward) for one sequence on the CPU, with OpenMP.
  *
  * Memory is linear in the sequence length: queries are taken in blocks of
  * ATTN_BQ (128) rows, and each thread holds only its block's ATTN_BQ x Tk
@@ -8,11 +8,15 @@
  * recomputes the probabilities from it (FlashAttention-2 style):
  *   D_i = sum_d dO_i * O_i,  P = exp(scale * q k^T - lse),  dV += P^T dO,
  *   dP = dO V^T,  dS = P * (dP - D),  dQ += scale * dS K,  dK += scale * dS^T Q.
- * Every matrix product is one cblas_sgemm on a head's rows, read in place
- * through the row stride (ld) and head stride (hs) of the shape: nothing is
- * copied or transposed. Causal blocks stop at their last query row's position, so
- * keys entirely above the diagonal are never touched. Causal with Tq < Tk: the
- * queries are the last Tq positions (a sequence's tail, all keys present).
+ * Every matrix product is one attn_gemm (attn_gemm.h: register tiles, no
+ * packing) on a head's rows, read in place through the row stride (ld) and head
+ * stride (hs) of the shape; the two products against k^T and v^T read K and V
+ * transposed per head (Kt, Vt: [H][D][Tk rounded up to AG_NR], laid out once
+ * per call by all threads). Causal: a block's products stop at its last query
+ * row's position, and inside it attn_gemm skips the tiles the mask zeroes, so
+ * keys above the diagonal are (up to a tile's edge) never touched. Causal with
+ * Tq < Tk: the queries are the last Tq positions (a sequence's tail, all keys
+ * present).
  *
  * Threads: the forward runs (query block, head) pairs in parallel. The backward
  * runs (head, group) pairs, a group being every G-th query block of a head;
@@ -25,15 +29,15 @@
  * Not here: dropout, attention masks other than causal, grouped-query heads. */
 #include "kernels/kernels.h"
 
+#include "kernels/cpu/attn_gemm.h"
 #include "kernels/cpu/cpu_math.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 /* Query rows per block: 128 rows made bench_attention 5-13% faster than 64
- * (larger sgemm blocks), for 1 MiB of scratch per thread at Tk = 1024. The tests place
+ * (larger products), for 1 MiB of scratch per thread at Tk = 1024. The tests place
  * cases at 4 x 128 and 128 + 1 rows (BLOCK in gen_attention_cases.py). */
 #define ATTN_BQ 128
 /* Floats per thread slice are rounded up to this (64 bytes) to keep slices aligned. */
@@ -45,10 +49,19 @@ static size_t round_up(size_t n) { return (n + ATTN_ALIGN - 1) / ATTN_ALIGN * AT
 
 static int n_qblocks(const attn_shape *s) { return (s->Tq + ATTN_BQ - 1) / ATTN_BQ; }
 
+/* Row stride of the score blocks and of Kt, Vt: Tk rounded up to whole column
+ * tiles of attn_gemm. */
+static int key_stride(const attn_shape *s) { return (s->Tk + AG_NR - 1) / AG_NR * AG_NR; }
+
 /* Per thread: the scores/probabilities block, the dP/dS block and D_i. */
 static size_t per_thread_floats(const attn_shape *s) {
   size_t bq = (size_t)(s->Tq < ATTN_BQ ? s->Tq : ATTN_BQ);
-  return round_up(2 * bq * (size_t)s->Tk + bq);
+  return round_up(2 * bq * (size_t)key_stride(s) + bq);
+}
+
+/* K or V of every head, transposed: [H][D][key_stride]. */
+static size_t transposed_floats(const attn_shape *s) {
+  return round_up((size_t)s->H * s->D * (size_t)key_stride(s));
 }
 
 /* Causal: query row i is at key position i + Tk - Tq (the queries are the last
@@ -126,23 +139,65 @@ static int bwd_groups(const attn_shape *s, int nthreads) {
 /* One partial dK and one partial dV (Tk x D each) per (head, group >= 1). */
 static size_t partial_floats(const attn_shape *s) { return round_up(2 * (size_t)s->Tk * s->D); }
 
+/* The scratch: Kt, Vt (transposed_floats each), the threads' slices, then the
+ * backward's partial dK/dV. */
 size_t attention_scratch_floats(const attn_shape *s, int nthreads) {
   if (nthreads < 1) nthreads = 1;
   size_t G = (size_t)bwd_groups(s, nthreads);
-  return (size_t)nthreads * per_thread_floats(s) + (size_t)s->H * (G - 1) * partial_floats(s);
+  return 2 * transposed_floats(s) + (size_t)nthreads * per_thread_floats(s) +
+         (size_t)s->H * (G - 1) * partial_floats(s);
 }
 
 /* Threads a kernel will run on: 1 inside an enclosing parallel region. */
 static int team_size(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
 
+/* ---- transposed K and V ---------------------------------------------------- */
+
+/* Keys per work item of transpose_heads (a multiple of AG_NR). */
+#define ATTN_TBLOCK 64
+
+/* Head h's x transposed, in panels of AG_NR keys (attn_gemm's column tiles),
+ * each panel's D rows contiguous: element (d, j) of xt_h is
+ *   xt[h*D*ks + (j / AG_NR)*D*AG_NR + d*AG_NR + j % AG_NR] = x[j*ld + h*hs + d]
+ * for j < Tk, and 0 for Tk <= j < ks. The products read a panel at unit stride
+ * (a row-major D x ks layout would put a panel's rows ks floats apart, in the
+ * same few cache sets). Shared out over the enclosing team (an omp for with its
+ * barrier: every thread sees all of xt afterwards). */
+static void transpose_heads(float *xt, const float *x, int ld, int hs, const attn_shape *s) {
+  const int D = s->D, ks = key_stride(s), nb = (ks + ATTN_TBLOCK - 1) / ATTN_TBLOCK;
+  const long nwork = (long)s->H * nb;
+#pragma omp for schedule(static)
+  for (long w = 0; w < nwork; w++) {
+    const int h = (int)(w / nb), j0 = (int)(w % nb) * ATTN_TBLOCK;
+    const int j1 = j0 + ATTN_TBLOCK < ks ? j0 + ATTN_TBLOCK : ks;
+    for (int p0 = j0; p0 < j1; p0 += AG_NR) { /* one panel: D rows of AG_NR keys */
+      float *panel = xt + (size_t)h * D * ks + (size_t)(p0 / AG_NR) * D * AG_NR;
+      const float *src = x + (size_t)p0 * ld + (size_t)h * hs;
+      const int nj = s->Tk - p0 < AG_NR ? s->Tk - p0 : AG_NR; /* keys that exist */
+      for (int d = 0; d < D; d++) {
+        float *dst = panel + (size_t)d * AG_NR;
+        for (int j = 0; j < nj; j++) dst[j] = src[(size_t)j * ld + d];
+        for (int j = nj < 0 ? 0 : nj; j < AG_NR; j++) dst[j] = 0.0f;
+      }
+    }
+  }
+}
+
 /* ---- one query block ------------------------------------------------------ */
 
-/* S[bq, nk] = scale * q[i0.., h] @ k[0..nk, h]^T */
-static void block_scores(float *S, const float *q, const float *k, const attn_shape *s, int h,
+/* Masks for the products of a block, and the offset that goes with them: row r
+ * of the block is at position i0 + r + causal_offset and sees keys up to it. */
+static ag_mask mask_or_all(const attn_shape *s, ag_mask m) { return s->causal ? m : AG_ALL; }
+static int block_delta(const attn_shape *s, int i0) { return i0 + causal_offset(s); }
+
+/* S[bq, ks] = scale * q[i0.., h] @ k[0..nk, h]^T (columns up to nk rounded up to
+ * a tile; under causal masking only up to each row's position, to a tile) */
+static void block_scores(float *S, const float *q, const float *kt, const attn_shape *s, int h,
                          int i0, int bq, int nk) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, nk, s->D, s->scale,
-              q + (size_t)i0 * s->ldq + (size_t)h * s->hsq, s->ldq, k + (size_t)h * s->hsk,
-              s->ldk, 0.0f, S, nk);
+  const int ks = key_stride(s);
+  attn_gemm(bq, nk, s->D, s->scale, q + (size_t)i0 * s->ldq + (size_t)h * s->hsq, s->ldq, 1,
+            kt + (size_t)h * s->D * ks, AG_NR, (long)s->D * AG_NR, 0, S, ks, 1,
+            mask_or_all(s, AG_COLS_UPTO_ROW), block_delta(s, i0));
 }
 
 /* Keys query row i (absolute) sees among the block's nk. */
@@ -156,14 +211,17 @@ static inline int keys_of_row(const attn_shape *s, int i, int nk) {
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const attn_shape *s, float *scratch) {
   const int H = s->H, D = s->D, Tq = s->Tq;
-  const int nqb = n_qblocks(s);
+  const int nqb = n_qblocks(s), ks = key_stride(s);
   const long nwork = (long)nqb * H;
   const size_t ldo = (size_t)H * D;
   const size_t slice = per_thread_floats(s);
+  float *kt = scratch;
+  float *slices = scratch + 2 * transposed_floats(s);
 
 #pragma omp parallel num_threads(team_size())
   {
-    float *S = scratch + (size_t)omp_get_thread_num() * slice;
+    float *S = slices + (size_t)omp_get_thread_num() * slice;
+    transpose_heads(kt, k, s->ldk, s->hsk, s);
     /* Last query blocks first: under causal masking they are the largest. */
 #pragma omp for schedule(dynamic, 1)
     for (long w = 0; w < nwork; w++) {
@@ -171,9 +229,9 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
       const int i0 = b * ATTN_BQ;
       const int bq = Tq - i0 < ATTN_BQ ? Tq - i0 : ATTN_BQ;
       const int nk = keys_of_block(s, i0, bq);
-      block_scores(S, q, k, s, h, i0, bq, nk);
+      block_scores(S, q, kt, s, h, i0, bq, nk);
       for (int r = 0; r < bq; r++) {
-        float *row = S + (size_t)r * nk;
+        float *row = S + (size_t)r * ks;
         const int nv = keys_of_row(s, i0 + r, nk);
         float m = row[0];
 #pragma omp simd reduction(max : m)
@@ -192,9 +250,9 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
         lse[(size_t)h * Tq + i0 + r] = m + logf(sum);
       }
       /* out[i0.., h] = P @ v[0..nk, h] */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, D, nk, 1.0f, S, nk,
-                  v + (size_t)h * s->hsv, s->ldv, 0.0f, out + (size_t)i0 * ldo + (size_t)h * D,
-                  (int)ldo);
+      attn_gemm(bq, D, nk, 1.0f, S, ks, 1, v + (size_t)h * s->hsv, s->ldv, AG_NR, 0,
+                out + (size_t)i0 * ldo + (size_t)h * D, (long)ldo, 0,
+                mask_or_all(s, AG_K_UPTO_ROW), block_delta(s, i0));
     }
   }
 }
@@ -213,22 +271,26 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const attn_shape *s, float *scratch) {
   if (!dq && !dk && !dv) return;
   const int H = s->H, D = s->D, Tq = s->Tq, Tk = s->Tk;
-  const int nqb = n_qblocks(s);
+  const int nqb = n_qblocks(s), ks = key_stride(s);
   const int nt = team_size();
   const int G = bwd_groups(s, nt);
   const long nwork = (long)H * G;
   const size_t ldo = (size_t)H * D;
   const size_t slice = per_thread_floats(s);
   const size_t bq_max = (size_t)(Tq < ATTN_BQ ? Tq : ATTN_BQ);
-  float *partials = scratch + (size_t)nt * slice; /* [H][G-1][dK | dV] */
+  float *kt = scratch, *vt = scratch + transposed_floats(s);
+  float *slices = scratch + 2 * transposed_floats(s);
+  float *partials = slices + (size_t)nt * slice; /* [H][G-1][dK | dV] */
   const size_t pf = partial_floats(s);
   const int need_dp = dq != NULL || dk != NULL;
 
 #pragma omp parallel num_threads(nt)
   {
-    float *P = scratch + (size_t)omp_get_thread_num() * slice;
-    float *dS = P + bq_max * (size_t)Tk;
-    float *Di = dS + bq_max * (size_t)Tk;
+    float *P = slices + (size_t)omp_get_thread_num() * slice;
+    float *dS = P + bq_max * (size_t)ks;
+    float *Di = dS + bq_max * (size_t)ks;
+    transpose_heads(kt, k, s->ldk, s->hsk, s);
+    if (need_dp) transpose_heads(vt, v, s->ldv, s->hsv, s);
 #pragma omp for schedule(dynamic, 1)
     for (long w = 0; w < nwork; w++) {
       const int h = (int)(w / G), g = (int)(w % G);
@@ -254,10 +316,11 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         const float *qb = q + (size_t)i0 * s->ldq + (size_t)h * s->hsq;
         const float *dob = dout + (size_t)i0 * ldo + (size_t)h * D;
         const float *ob = out + (size_t)i0 * ldo + (size_t)h * D;
+        const int delta = block_delta(s, i0);
         /* P = exp(scale q k^T - lse), zero above the diagonal */
-        block_scores(P, q, k, s, h, i0, bq, nk);
+        block_scores(P, q, kt, s, h, i0, bq, nk);
         for (int r = 0; r < bq; r++) {
-          float *row = P + (size_t)r * nk;
+          float *row = P + (size_t)r * ks;
           const int nv = keys_of_row(s, i0 + r, nk);
           const float l = lse[(size_t)h * Tq + i0 + r];
 #pragma omp simd
@@ -266,8 +329,8 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
         }
         /* dV[0..nk] += P^T dO */
         if (tv.p)
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, bq, 1.0f, P, nk, dob,
-                      (int)ldo, 1.0f, tv.p, tv.ld);
+          attn_gemm(nk, D, bq, 1.0f, P, 1, ks, dob, (long)ldo, AG_NR, 1, tv.p, tv.ld, 0,
+                    mask_or_all(s, AG_K_FROM_ROW), delta);
         if (!need_dp) continue;
         /* D_i = dO_i . O_i */
         for (int r = 0; r < bq; r++) {
@@ -277,24 +340,27 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
           for (int d = 0; d < D; d++) acc += a[d] * o[d];
           Di[r] = acc;
         }
-        /* dP = dO V^T, then dS = P * (dP - D) in place */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bq, nk, D, 1.0f, dob, (int)ldo,
-                    v + (size_t)h * s->hsv, s->ldv, 0.0f, dS, nk);
+        /* dP = dO V^T, then dS = P * (dP - D) in place (0 above the diagonal,
+         * where attn_gemm may have left dP unwritten) */
+        attn_gemm(bq, nk, D, 1.0f, dob, (long)ldo, 1, vt + (size_t)h * D * ks, AG_NR,
+                  (long)D * AG_NR, 0, dS, ks, 1, mask_or_all(s, AG_COLS_UPTO_ROW), delta);
         for (int r = 0; r < bq; r++) {
-          float *ds = dS + (size_t)r * nk;
-          const float *p = P + (size_t)r * nk;
+          float *ds = dS + (size_t)r * ks;
+          const float *p = P + (size_t)r * ks;
           const float di = Di[r];
+          const int nv = keys_of_row(s, i0 + r, nk);
 #pragma omp simd
-          for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - di);
+          for (int j = 0; j < nv; j++) ds[j] = p[j] * (ds[j] - di);
+          for (int j = nv; j < nk; j++) ds[j] = 0.0f;
         }
         /* dQ[i0..] += scale dS K;  dK[0..nk] += scale dS^T Q */
         if (dq)
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bq, D, nk, s->scale, dS, nk,
-                      k + (size_t)h * s->hsk, s->ldk, 1.0f,
-                      dq + (size_t)i0 * s->ldq + (size_t)h * s->hsq, s->ldq);
+          attn_gemm(bq, D, nk, s->scale, dS, ks, 1, k + (size_t)h * s->hsk, s->ldk, AG_NR, 1,
+                    dq + (size_t)i0 * s->ldq + (size_t)h * s->hsq, s->ldq, 0,
+                    mask_or_all(s, AG_K_UPTO_ROW), delta);
         if (tk.p)
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, D, bq, s->scale, dS, nk, qb,
-                      s->ldq, 1.0f, tk.p, tk.ld);
+          attn_gemm(nk, D, bq, s->scale, dS, 1, ks, qb, s->ldq, AG_NR, 1, tk.p, tk.ld, 0,
+                    mask_or_all(s, AG_K_FROM_ROW), delta);
       }
     }
 

@@ -38,6 +38,14 @@ CASES = [
     # block runs its attention for a sequence's tail only)
     (CROSS, 21, 150, 2, 16, 1, 1.0),
     (CROSS, BLOCK + 2, 2 * BLOCK + 40, 3, 8, 1, 1.0),
+    # head widths that take every column tile of attn_gemm (kernels/cpu/attn_gemm.c:
+    # 59 = 32 + 16 + 8 + 3 columns; 104 = 3 * 32 + 8, the released ViT's heads),
+    # with row counts that end in a partial tile of rows
+    (VIT, 203, 203, 2, 59, 0, 1.0),
+    (LLM, 2 * BLOCK + 5, 2 * BLOCK + 5, 2, 59, 1, 1.0),
+    (CROSS, 75, 333, 2, 40, 1, 1.0),
+    (VIT, 45, 45, 2, 104, 0, 1.0),
+    (LLM, 150, 150, 1, 128, 1, 1.0),
 ]
 
 
