@@ -253,6 +253,11 @@ def main():
         case_linear(f, "linear_small", 7, 13, 9)
         case_linear(f, "linear_large", 33, 70, 41)
         case_linear(f, "linear_wide", 5, 31, 517)  # more than one bias-gradient block
+        # at most 4 rows: linear.c's one-pass (skinny) loops instead of sgemm
+        case_linear(f, "linear_rows1", 1, 37, 300)
+        case_linear(f, "linear_rows3", 3, 70, 1029)
+        case_linear(f, "linear_rows4", 4, 641, 33)
+        case_linear(f, "linear_rows2_wide", 2, 2100, 45)  # din in 3 column passes
         case_matmul(f, "matmul_small", 7, 13, 9)
         case_matmul(f, "matmul_large", 33, 70, 41)
         case_layernorm(f, "layernorm_small", 7, 13, 1e-6)

@@ -488,6 +488,10 @@ int main(int argc, char **argv) {
   test_linear("linear_small");
   test_linear("linear_large");
   test_linear("linear_wide");
+  test_linear("linear_rows1");
+  test_linear("linear_rows3");
+  test_linear("linear_rows4");
+  test_linear("linear_rows2_wide");
   test_matmul("matmul_small");
   test_matmul("matmul_large");
   test_layernorm("layernorm_small");
