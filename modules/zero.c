@@ -39,6 +39,9 @@ typedef struct {
   int n_slots;
   float **slot;
   int *slot_mod, *mod_slot, *mod_state; /* state: 0 absent, 1 in flight, 2 ready */
+  /* 1 while module k's local gradients are zero or hold this step's sums; 0 from
+   * zero_clear_grads until zero_grad_begin(k) (or zero_reduce_grads) zeroes them */
+  unsigned char *grad_clean;
   float *stage, *gwork, *gsend, *grecv;
   MPI_Request req;
   int req_mod;
@@ -162,10 +165,13 @@ int zero_init_backend(zero_state *z, const vlm_backend *ops, vlm_comms *c, regis
   im->mod_gpack_off = calloc((size_t)nm, sizeof(long));
   im->mod_slot = malloc((size_t)nm * sizeof(int));
   im->mod_state = calloc((size_t)nm, sizeof(int));
+  im->grad_clean = malloc((size_t)nm);
+  if (im->grad_clean) memset(im->grad_clean, 1, (size_t)nm); /* balloc zeroes z->grads */
   im->full = calloc((size_t)reg->n, sizeof(float *));
   im->full_g = calloc((size_t)reg->n, sizeof(float *));
   if (!im->mod_full || !im->mod_pack || !im->mod_pack_off || !im->mod_gpack ||
-      !im->mod_gpack_off || !im->mod_slot || !im->mod_state || !im->full || !im->full_g)
+      !im->mod_gpack_off || !im->mod_slot || !im->mod_state || !im->grad_clean || !im->full ||
+      !im->full_g)
     VLM_FAIL("out of memory setting up ZeRO-3");
 
   /* 1. which parameters are sharded, and the local layout */
@@ -288,6 +294,7 @@ void zero_free(zero_state *z) {
     free(im->mod_gpack_off);
     free(im->mod_slot);
     free(im->mod_state);
+    free(im->grad_clean);
     free(im->full);
     free(im->full_g);
     free(im);
@@ -468,9 +475,23 @@ float *zero_full_grad(const zero_state *z, int i) { return IMPL(z)->full_g[i]; }
 
 /* ---- gradients ----------------------------------------------------------- */
 
+/* Zeroes module k's local gradients (its shard slices and its replicated
+ * parameters' gradients) if zero_clear_grads has marked them stale. */
+static void clean_module_grads(zero_state *z, int k) {
+  zimpl *im = IMPL(z);
+  if (im->grad_clean[k]) return;
+  const module_info *m = &z->reg->modules[k];
+  if (im->mod_gpack[k] > 0) z->ops->zero(z->grads + im->mod_gpack_off[k], im->mod_gpack[k]);
+  for (int i = m->first; i < m->first + m->count; i++)
+    if (z->reg->p[i].trainable && !z->sh[i].sharded)
+      z->ops->zero(z->grads + z->sh[i].goff, z->sh[i].chunk);
+  im->grad_clean[k] = 1;
+}
+
 void zero_grad_begin(zero_state *z, int k) {
   zimpl *im = IMPL(z);
   const module_info *m = &z->reg->modules[k];
+  clean_module_grads(z, k);
   for (int i = m->first; i < m->first + m->count; i++) {
     const param_info *p = &z->reg->p[i];
     const shard_info *sh = &z->sh[i];
@@ -547,6 +568,7 @@ static void reduce_grads_over(zero_state *z, float *x, long n, vlm_group g, MPI_
 
 void zero_reduce_grads(zero_state *z) {
   zimpl *im = IMPL(z);
+  for (int k = 0; k < z->reg->n_modules; k++) clean_module_grads(z, k); /* no backward ran */
   double t0 = vlm_now();
   rt_watchdog_arm("all-reduce of the gradients");
   if (z->comm->R > 1 && im->shard_grad_n > 0) {
@@ -620,7 +642,13 @@ void zero_params_to_device(zero_state *z) {
     z->ops->upload(z->params, z->hparams, (size_t)z->n_local * sizeof(float));
 }
 
-void zero_clear_grads(zero_state *z) { z->ops->zero(z->grads, z->n_local_grad); }
+/* Lazily: each module's gradients are zeroed when its backward begins, just
+ * before its kernels add into them (while the zeros are still in cache, rather
+ * than one pass over all gradients here whose zeros the kernels then read back
+ * from memory); zero_reduce_grads zeroes the modules no backward reached. */
+void zero_clear_grads(zero_state *z) {
+  memset(IMPL(z)->grad_clean, 0, (size_t)z->reg->n_modules);
+}
 
 float *zero_shard(const zero_state *z, int idx, long *lo, long *hi) {
   const shard_info *sh = &z->sh[idx];

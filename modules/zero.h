@@ -96,7 +96,10 @@ void zero_grad_begin(zero_state *z, int k);
 void zero_grad_end(zero_state *z, int k);
 
 /* ---- optimizer step support ---- */
-/* Zeroes the local gradient shards (start of an optimizer step). */
+/* Start of an optimizer step: the local gradient shards are to start from zero.
+ * Done lazily: zero_grad_begin zeroes a module's gradients before its backward
+ * first adds into them, and zero_reduce_grads those of the modules whose backward
+ * did not run; read the gradients only after zero_reduce_grads. */
 void zero_clear_grads(zero_state *z);
 /* Backend pointer to this rank's part [*lo, *hi) of parameter idx (for kernels). */
 float *zero_shard(const zero_state *z, int idx, long *lo, long *hi);

@@ -5,6 +5,9 @@
 vlm_py_test(model_grads reference/test_model_grads.py)
 vlm_py_test(model_train_steps reference/test_train_steps.py)
 set_tests_properties(model_grads model_train_steps PROPERTIES TIMEOUT 300 LABELS "model;reference")
+# A step with no image after one with images: the ViT's gradients start from zero.
+vlm_py_test(model_textonly_step reference/test_textonly_step.py)
+set_tests_properties(model_textonly_step PROPERTIES TIMEOUT 120 LABELS "model")
 
 # model_grads runs $VLM_DUMP_GRADS. The dump_grads target is defined by an area file
 # included after this one, so the variable is set once all of tests/ is read. Without
