@@ -24,13 +24,15 @@ void gelu_forward(float *out, const float *in, long n) {
   }
 }
 
-/* din[n] += dout * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2/2) / sqrt(2 pi) */
+/* din[n] += dout * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2/2) / sqrt(2 pi); that
+ * exponential is also the exp(-a^2) of erf(a) at a = x / sqrt(2), computed once. */
 void gelu_backward(float *din, const float *dout, const float *in, long n) {
 #pragma omp parallel for simd schedule(static)
   for (long i = 0; i < n; i++) {
     float x = in[i];
-    float cdf = 0.5f * (1.0f + vlm_erff(x * INV_SQRT2));
-    float pdf = INV_SQRT_2PI * vlm_expf(-0.5f * x * x);
+    float e = vlm_expf(-0.5f * x * x);
+    float cdf = 0.5f * (1.0f + vlm_erff_e(x * INV_SQRT2, e));
+    float pdf = INV_SQRT_2PI * e;
     din[i] += dout[i] * (cdf + x * pdf);
   }
 }

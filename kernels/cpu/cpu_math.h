@@ -8,7 +8,9 @@
  * caller feeds it max-subtracted or sign-folded arguments). Not a general libm.
  *
  * vlm_erff is an erf(x) for fp32, vectorisable, absolute error below 1e-7 (what GELU
- * needs: it enters as 0.5 * (1 + erf)). |x| < 1: x * P(x^2); 1 <= |x| < 4:
+ * needs: it enters as 0.5 * (1 + erf)); vlm_erff_e takes the exp(-x^2) it needs
+ * from the caller (beyond |x| = 4, where erf is 1 in fp32, any e below exp(-16) gives
+ * the same result). |x| < 1: x * P(x^2); 1 <= |x| < 4:
  * 1 - exp(-x^2) * Q(x), Q fitting erfc(x) * exp(x^2); beyond 4 erf is 1 in fp32. Both
  * branches are computed and one is selected (no branch in a vector loop). P and Q are
  * Chebyshev least-squares fits (degree 6 in 2x^2-1, degree 11 in (x-2.5)/1.5, fit
@@ -43,7 +45,9 @@ static inline float vlm_expf(float x) {
   return x < -87.0f ? 0.0f : y;
 }
 
-static inline float vlm_erff(float x) {
+/* erf(x) given e = exp(-x^2) (vlm_erff computes it; GELU's backward has it
+ * already, as its exp(-x^2/2) at x*sqrt(2)). */
+static inline float vlm_erff_e(float x, float e) {
   float a = x < 0.0f ? -x : x;
   /* |x| < 1: erf(x) / x as a polynomial in u = 2x^2 - 1 */
   float u = 2.0f * a * a - 1.0f;
@@ -70,9 +74,15 @@ static inline float vlm_erff(float x) {
   q = q * w + 5.611095852e-02f;
   q = q * w - 1.115210047e-01f;
   q = q * w + 2.108063575e-01f;
-  float large = 1.0f - vlm_expf(-ac * ac) * q;
+  float large = 1.0f - e * q;
   float r = a < 1.0f ? small : large;
   return x < 0.0f ? -r : r;
+}
+
+static inline float vlm_erff(float x) {
+  float ac = x < 0.0f ? -x : x;
+  ac = ac > 4.0f ? 4.0f : ac;
+  return vlm_erff_e(x, vlm_expf(-ac * ac));
 }
 
 #endif
