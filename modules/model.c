@@ -303,10 +303,15 @@ static void carve(model *m, arena *a) {
   attn_shape sv = {.Tq = (int)NP, .Tk = (int)NP, .H = (int)hv, .D = v->head_dim};
   attn_shape sr = {.Tq = (int)nq, .Tk = (int)NP, .H = (int)hr, .D = (int)(E / hr)};
   attn_shape sl = {.Tq = (int)T, .Tk = (int)T, .H = (int)nh, .D = c->head_dim, .causal = 1};
+  /* An attention call on the whole team (views or sequences one after the other)
+   * uses scratch(s, nthr) from the start of attn_scratch; calls made one per thread
+   * (inside a PAR_FOR) use scratch(s, 1) each, thread t's at t * per_thread. */
   size_t (*scratch)(const attn_shape *, int) = m->ops->attention_scratch_floats;
-  m->attn_scratch_per_thread =
+  const size_t one = lmax(lmax(scratch(&sv, 1), scratch(&sr, 1)), scratch(&sl, 1));
+  const size_t team =
       lmax(lmax(scratch(&sv, (int)nthr), scratch(&sr, (int)nthr)), scratch(&sl, (int)nthr));
-  m->attn_scratch = TAKEF(a, nthr * m->attn_scratch_per_thread);
+  m->attn_scratch_per_thread = one;
+  m->attn_scratch = TAKEF(a, lmax(nthr * one, team));
   m->d_feat = TAKEF(a, NQ * E);
   m->d_z = TAKEF(a, NQ * E);
   m->d_o = TAKEF(a, NQ * E);

@@ -76,7 +76,10 @@ static inline int views_in_parallel(const model *m, int n_views) {
 
 static inline void zero(model *m, float *x, long n) { m->ops->zero(x, n); }
 
-/* Scratch of the calling OpenMP thread for one attention call. */
+/* Scratch of the calling OpenMP thread for one attention call: thread t's
+ * single-threaded call inside a PAR_FOR gets its own slot; a call on the whole
+ * team (from thread 0, outside any region) gets the buffer from its start, which
+ * model.c sizes for that too. */
 static inline float *attn_scratch_for_thread(model *m, int thread) {
   return m->attn_scratch + (size_t)thread * m->attn_scratch_per_thread;
 }

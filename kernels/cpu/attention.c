@@ -11,8 +11,8 @@
  * Every matrix product is one attn_gemm (attn_gemm.h: register tiles, no
  * packing) on a head's rows, read in place through the row stride (ld) and head
  * stride (hs) of the shape; the two products against k^T and v^T read K and V
- * transposed per head (Kt, Vt: [H][D][Tk rounded up to AG_NR], laid out once
- * per call by all threads). Causal: a block's products stop at its last query
+ * transposed per head, in panels of AG_NR keys (Kt, Vt; see transpose_heads),
+ * laid out once per call by all threads. Causal: a block's products stop at its last query
  * row's position, and inside it attn_gemm skips the tiles the mask zeroes, so
  * keys above the diagonal are (up to a tile's edge) never touched. Causal with
  * Tq < Tk: the queries are the last Tq positions (a sequence's tail, all keys
@@ -59,7 +59,8 @@ static size_t per_thread_floats(const attn_shape *s) {
   return round_up(2 * bq * (size_t)key_stride(s) + bq);
 }
 
-/* K or V of every head, transposed: [H][D][key_stride]. */
+/* K or V of every head, transposed (H * D * key_stride floats, in panels: see
+ * transpose_heads). */
 static size_t transposed_floats(const attn_shape *s) {
   return round_up((size_t)s->H * s->D * (size_t)key_stride(s));
 }
