@@ -1,5 +1,6 @@
 /* common/vlm.c: implementation of the error, allocation, timer and logging
  * helpers declared in common/vlm.h. */
+#define _DEFAULT_SOURCE /* madvise, MADV_HUGEPAGE */
 #define _POSIX_C_SOURCE 200809L
 #include "common/vlm.h"
 
@@ -7,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 static int g_quiet;
@@ -37,10 +39,26 @@ void vlm_trace_at(const char *file, int line, const char *func, const char *call
   fprintf(stderr, "  from %s:%d (%s)\n", file, line, func);
 }
 
+/* Large buffers (the parameters, gradients, optimizer moments, activations) are
+ * streamed through on every step; with 4 KiB pages that walks a page table entry
+ * per 4 KiB. From VLM_HUGE_MIN bytes on, a buffer is aligned to 2 MiB and advised
+ * for transparent huge pages (MADV_HUGEPAGE: used where the kernel's THP mode is
+ * "madvise" or "always"; a no-op where it is "never" or madvise fails). */
+#define VLM_HUGE 2097152u
+#define VLM_HUGE_MIN (4u * VLM_HUGE)
+
+void *vlm_big_alloc(size_t bytes) {
+  if (bytes < VLM_HUGE_MIN) return aligned_alloc(64, bytes);
+  size_t rounded = (bytes + VLM_HUGE - 1) / VLM_HUGE * VLM_HUGE;
+  void *p = aligned_alloc(VLM_HUGE, rounded);
+  if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);
+  return p;
+}
+
 void *vlm_alloc_at(size_t bytes, const char *file, int line, const char *what) {
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
-  void *p = aligned_alloc(64, rounded);
+  void *p = vlm_big_alloc(rounded);
   if (!p) {
     vlm_error_at(file, line, "vlm_alloc", "out of memory allocating %zu bytes for %s", bytes, what);
     return NULL;

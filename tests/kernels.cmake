@@ -6,3 +6,7 @@ set_tests_properties(kernel_cases_generate PROPERTIES FIXTURES_SETUP kernel_case
 
 vlm_c_test(kernel_tests kernels/test_kernels.c kernel_cases.h5)
 set_tests_properties(kernel_tests PROPERTIES FIXTURES_REQUIRED kernel_cases TIMEOUT 60)
+
+# the CPU backend's copy/zero (split over threads when large) and its allocator
+vlm_c_test(backend_memory kernels/test_backend_memory.c)
+set_tests_properties(backend_memory PROPERTIES TIMEOUT 60)

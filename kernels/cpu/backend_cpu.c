@@ -1,29 +1,71 @@
 /* kernels/cpu/backend_cpu.c: the CPU entry of the run-time dispatch table
- * (kernels/backend.h): host memory (64-byte aligned, zeroed), memcpy for every
- * transfer, and the kernels of kernels/cpu/ unchanged. It adds no behaviour of
- * its own, so a model run through it is bit-identical to calling the kernels. */
+ * (kernels/backend.h): host memory (64-byte aligned, zeroed; large buffers on
+ * huge pages, vlm_big_alloc), memcpy for every transfer (split over the OpenMP
+ * team when large), and the kernels of kernels/cpu/ unchanged. It adds no
+ * behaviour of its own, so a model run through it is bit-identical to calling
+ * the kernels. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/vlm.h"
 #include "kernels/backend.h"
 
 static void *cpu_alloc(size_t bytes, const char *what) {
   (void)what; /* the caller reports a failure, naming the buffer */
   size_t rounded = (bytes + 63) / 64 * 64;
   if (rounded == 0) rounded = 64;
-  void *p = aligned_alloc(64, rounded);
+  void *p = vlm_big_alloc(rounded);
   if (p) memset(p, 0, rounded);
   return p;
 }
 
 static void cpu_free(void *p) { free(p); }
 
+/* Bytes from which copy and zero split the range over the OpenMP team: the
+ * gradient zeroing alone (a few hundred MB per step at `small`) otherwise runs on
+ * one core while the others wait. Below it, or inside any parallel region
+ * (active or serialised: no nested team, see tests/model/test_omp_nesting.c),
+ * one memcpy/memset. Each thread takes a contiguous piece cut at 64-byte
+ * multiples of the range. */
+#define PAR_BYTES ((size_t)1 << 20)
+
+static void piece(size_t bytes, size_t *lo, size_t *hi) {
+  const size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+  const size_t lines = (bytes + 63) / 64;
+  *lo = lines * t / nt * 64;
+  *hi = lines * (t + 1) / nt * 64;
+  if (*lo > bytes) *lo = bytes;
+  if (*hi > bytes) *hi = bytes;
+}
+
 static void cpu_memcpy(void *dst, const void *src, size_t bytes) {
-  if (bytes) memcpy(dst, src, bytes);
+  if (bytes == 0) return;
+  if (bytes < PAR_BYTES || omp_get_level() > 0) {
+    memcpy(dst, src, bytes);
+    return;
+  }
+#pragma omp parallel
+  {
+    size_t lo, hi;
+    piece(bytes, &lo, &hi);
+    if (hi > lo) memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
+  }
 }
 
 static void cpu_zero(float *x, long n) {
-  if (n > 0) memset(x, 0, (size_t)n * sizeof(float));
+  if (n <= 0) return;
+  const size_t bytes = (size_t)n * sizeof(float);
+  if (bytes < PAR_BYTES || omp_get_level() > 0) {
+    memset(x, 0, bytes);
+    return;
+  }
+#pragma omp parallel
+  {
+    size_t lo, hi;
+    piece(bytes, &lo, &hi);
+    if (hi > lo) memset((char *)x + lo, 0, hi - lo);
+  }
 }
 
 static void cpu_sync(void) {}
