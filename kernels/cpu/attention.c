@@ -12,11 +12,11 @@
  * packing) on a head's rows, read in place through the row stride (ld) and head
  * stride (hs) of the shape; the two products against k^T and v^T read K and V
  * transposed per head, in panels of AG_NR keys (Kt, Vt; see transpose_heads),
- * laid out once per call by all threads. Causal: a block's products stop at its last query
- * row's position, and inside it attn_gemm skips the tiles the mask zeroes, so
- * keys above the diagonal are (up to a tile's edge) never touched. Causal with
- * Tq < Tk: the queries are the last Tq positions (a sequence's tail, all keys
- * present).
+ * laid out once per call by all threads. Causal: a block's products stop at its
+ * last query row's position, and inside it attn_gemm skips the tiles the mask
+ * zeroes, so keys above the diagonal are (up to a tile's edge) never touched.
+ * Causal with Tq < Tk: the queries are the last Tq positions (a sequence's tail,
+ * all keys present).
  *
  * Threads: the forward runs (query block, head) pairs in parallel. The backward
  * runs (head, group) pairs, a group being every G-th query block of a head;
