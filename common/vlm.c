@@ -48,7 +48,7 @@ void vlm_trace_at(const char *file, int line, const char *func, const char *call
 #define VLM_HUGE_MIN (4u * VLM_HUGE)
 
 void *vlm_big_alloc(size_t bytes) {
-  if (bytes < VLM_HUGE_MIN) return aligned_alloc(64, bytes);
+  if (bytes < VLM_HUGE_MIN) return aligned_alloc(64, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
   size_t rounded = (bytes + VLM_HUGE - 1) / VLM_HUGE * VLM_HUGE;
   void *p = aligned_alloc(VLM_HUGE, rounded);
   if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);
@@ -56,14 +56,12 @@ void *vlm_big_alloc(size_t bytes) {
 }
 
 void *vlm_alloc_at(size_t bytes, const char *file, int line, const char *what) {
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  void *p = vlm_big_alloc(rounded);
+  void *p = vlm_big_alloc(bytes);
   if (!p) {
     vlm_error_at(file, line, "vlm_alloc", "out of memory allocating %zu bytes for %s", bytes, what);
     return NULL;
   }
-  memset(p, 0, rounded);
+  memset(p, 0, bytes);
   return p;
 }
 

@@ -48,7 +48,7 @@ const char *vlm_last_error(void);
 void *vlm_alloc_at(size_t bytes, const char *file, int line, const char *what);
 #define vlm_alloc(bytes, what) vlm_alloc_at((bytes), __FILE__, __LINE__, (what))
 void vlm_free(void *p);
-/* aligned_alloc for `bytes` (a multiple of 64, > 0): 64-byte aligned, and from 8 MiB
+/* At least `bytes` (rounded up to 64; 0 gives 64), 64-byte aligned, and from 8 MiB
  * on 2 MiB aligned and advised for transparent huge pages. Not zeroed; free() or
  * vlm_free() releases it. NULL when out of memory. */
 void *vlm_big_alloc(size_t bytes);

@@ -13,10 +13,8 @@
 
 static void *cpu_alloc(size_t bytes, const char *what) {
   (void)what; /* the caller reports a failure, naming the buffer */
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  void *p = vlm_big_alloc(rounded);
-  if (p) memset(p, 0, rounded);
+  void *p = vlm_big_alloc(bytes);
+  if (p) memset(p, 0, bytes);
   return p;
 }
 
@@ -30,42 +28,37 @@ static void cpu_free(void *p) { free(p); }
  * multiples of the range. */
 #define PAR_BYTES ((size_t)1 << 20)
 
-static void piece(size_t bytes, size_t *lo, size_t *hi) {
-  const size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
-  const size_t lines = (bytes + 63) / 64;
-  *lo = lines * t / nt * 64;
-  *hi = lines * (t + 1) / nt * 64;
-  if (*lo > bytes) *lo = bytes;
-  if (*hi > bytes) *hi = bytes;
+/* dst[0..bytes) = src[0..bytes), or zeros when src is NULL. */
+static void copy_or_zero(void *dst, const void *src, size_t bytes) {
+  if (bytes < PAR_BYTES || omp_get_level() > 0) {
+    if (src)
+      memcpy(dst, src, bytes);
+    else
+      memset(dst, 0, bytes);
+    return;
+  }
+#pragma omp parallel
+  {
+    const size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+    const size_t lines = (bytes + 63) / 64;
+    size_t lo = lines * t / nt * 64, hi = lines * (t + 1) / nt * 64;
+    if (lo > bytes) lo = bytes;
+    if (hi > bytes) hi = bytes;
+    if (hi > lo) {
+      if (src)
+        memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
+      else
+        memset((char *)dst + lo, 0, hi - lo);
+    }
+  }
 }
 
 static void cpu_memcpy(void *dst, const void *src, size_t bytes) {
-  if (bytes == 0) return;
-  if (bytes < PAR_BYTES || omp_get_level() > 0) {
-    memcpy(dst, src, bytes);
-    return;
-  }
-#pragma omp parallel
-  {
-    size_t lo, hi;
-    piece(bytes, &lo, &hi);
-    if (hi > lo) memcpy((char *)dst + lo, (const char *)src + lo, hi - lo);
-  }
+  if (bytes) copy_or_zero(dst, src, bytes);
 }
 
 static void cpu_zero(float *x, long n) {
-  if (n <= 0) return;
-  const size_t bytes = (size_t)n * sizeof(float);
-  if (bytes < PAR_BYTES || omp_get_level() > 0) {
-    memset(x, 0, bytes);
-    return;
-  }
-#pragma omp parallel
-  {
-    size_t lo, hi;
-    piece(bytes, &lo, &hi);
-    if (hi > lo) memset((char *)x + lo, 0, hi - lo);
-  }
+  if (n > 0) copy_or_zero(x, NULL, (size_t)n * sizeof(float));
 }
 
 static void cpu_sync(void) {}
